@@ -1,0 +1,1 @@
+"""Hydra configs of stimopt core: config.yaml and the groups target/ generator/ optimizer/ logger/ objective/ experiment/."""

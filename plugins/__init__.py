@@ -1,0 +1,1 @@
+"""stimopt\x27s built-in plugins; each module is one family and registers through the `stimopt` entry-point group."""

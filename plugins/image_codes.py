@@ -1,0 +1,99 @@
+"""Continuous image generators: raw pixels and a low-frequency Fourier (cosine) parametrization.
+
+Both are fully batched and differentiable (``generate_torch`` keeps gradients).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import stimopt
+from stimopt.errors import StimoptError
+from stimopt_plugins.cnn import resolve_device
+
+# Decorrelated colour: codes drive luminance and two opponent channels (rows: R, G, B).
+COLOR_MIX = torch.tensor([[0.58, 0.71, 0.41], [0.58, 0.00, -0.82], [0.58, -0.71, 0.41]])
+
+
+class _TorchGenerator(stimopt.Generator):
+    device: torch.device
+
+    def _codes(self, codes) -> torch.Tensor:
+        c = torch.as_tensor(np.asarray(codes) if not isinstance(codes, torch.Tensor) else codes)
+        c = c.to(self.device, torch.float32)
+        if c.ndim != 2 or c.shape[1] != self.space.dim:
+            raise StimoptError(
+                f"{type(self).__name__} takes codes of shape [B, {self.space.dim}], got {list(c.shape)}"
+            )
+        return c
+
+    def generate(self, codes):
+        return self.generate_torch(self._codes(codes))
+
+
+class PixelGenerator(_TorchGenerator):
+    """Codes are RGB pixels in [0, 1] at ``resolution`` x ``resolution``, upsampled to ``size``."""
+
+    def __init__(self, size: int = 128, resolution: int = 32, device: str = "auto"):
+        if resolution <= 0 or size <= 0:
+            raise StimoptError("generator.size and generator.resolution must be positive")
+        self.size, self.resolution = int(size), int(resolution)
+        self.device = resolve_device(device)
+        self._space = stimopt.ContinuousSpace(
+            dim=3 * self.resolution**2, low=0.0, high=1.0, init_mean=0.5, init_std=0.2
+        )
+
+    @property
+    def space(self):
+        return self._space
+
+    def generate_torch(self, codes: torch.Tensor) -> torch.Tensor:
+        img = codes.clamp(0, 1).view(-1, 3, self.resolution, self.resolution)
+        if self.resolution != self.size:
+            img = F.interpolate(img, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return img.clamp(0, 1)
+
+
+def cosine_basis(size: int, n: int) -> torch.Tensor:
+    """[size, n] orthonormal DCT-II basis of the n lowest frequencies."""
+    x = (torch.arange(size, dtype=torch.float64) + 0.5) / size
+    k = torch.arange(n, dtype=torch.float64)
+    basis = torch.cos(math.pi * x[:, None] * k[None, :]) * math.sqrt(2.0 / size)
+    basis[:, 0] /= math.sqrt(2.0)
+    return basis.float()
+
+
+class FourierGenerator(_TorchGenerator):
+    """Codes are ``3 x n_freq x n_freq`` cosine coefficients (decorrelated colour), scaled by
+    ``1 / (1 + |f|)^decay`` so low frequencies dominate; a sigmoid maps the sum to [0, 1]."""
+
+    def __init__(self, size: int = 128, n_freq: int = 12, decay: float = 1.0, gain: float = 4.0, device: str = "auto"):
+        if n_freq <= 0 or size <= 0 or n_freq > size:
+            raise StimoptError(f"generator.n_freq must be in 1..size ({size}), got {n_freq}")
+        self.size, self.n_freq = int(size), int(n_freq)
+        self.device = resolve_device(device)
+        self.basis = (cosine_basis(self.size, self.n_freq) * math.sqrt(self.size)).to(self.device)
+        f = torch.arange(self.n_freq, dtype=torch.float32)
+        radius = torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
+        self.scale = (gain / (1.0 + radius) ** decay).to(self.device)
+        self.mix = COLOR_MIX.to(self.device)
+        self._space = stimopt.ContinuousSpace(dim=3 * self.n_freq**2, init_mean=0.0, init_std=1.0)
+
+    @property
+    def space(self):
+        return self._space
+
+    def generate_torch(self, codes: torch.Tensor) -> torch.Tensor:
+        c = codes.view(-1, 3, self.n_freq, self.n_freq) * self.scale
+        c = torch.einsum("rc,bcyx->bryx", self.mix, c)
+        img = torch.einsum("hy,bcyx,wx->bchw", self.basis, c, self.basis)
+        return torch.sigmoid(img)
+
+
+@stimopt.hookimpl
+def register_generators(register):
+    register("pixels", PixelGenerator)
+    register("fourier", FourierGenerator)

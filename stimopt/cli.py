@@ -1,0 +1,95 @@
+"""Console scripts: ``stimopt`` (Hydra app: one experiment, or a sweep with -m) and ``stimopt-plugins``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from stimopt import plugins
+from stimopt.errors import StimoptError
+
+
+def _say_error(message: str) -> None:
+    print(f"stimopt: error: {message}", file=sys.stderr)
+
+
+def find_resume_dir(resume, run_dir: Path) -> Path:
+    """``resume=PATH``: that run. ``resume=true``: this run dir if it holds a run, else the newest
+    unfinished run beside it."""
+    from stimopt.store import RunStore
+
+    if resume is not True and str(resume).lower() != "true":
+        path = Path(str(resume))
+        if not (path / "evaluations.sqlite").exists():
+            raise StimoptError(f"resume={resume}: no evaluations.sqlite there; give the run directory of the run to continue")
+        return path
+    if (run_dir / "evaluations.sqlite").exists():
+        return run_dir
+    candidates = []
+    for db in run_dir.parent.glob("*/evaluations.sqlite"):
+        store = RunStore(db)
+        if store.meta("status") != "finished":
+            candidates.append((db.stat().st_mtime, db.parent))
+        store.close()
+    if not candidates:
+        raise StimoptError(f"resume=true: no unfinished run in {run_dir.parent}; pass resume=PATH to a run directory")
+    return max(candidates)[1]
+
+
+def _task(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from stimopt.experiment import run_experiment
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    try:
+        if cfg.resume not in (False, None) and str(cfg.resume).lower() != "false":
+            run_dir = find_resume_dir(cfg.resume, run_dir)
+            print(f"stimopt: resuming the run in {run_dir}", file=sys.stderr)
+        summary = run_experiment(cfg, run_dir, progress=not multirun)
+    except StimoptError as exc:
+        _say_error(str(exc))
+        if multirun:  # one bad job must not sink the sweep; the sweep table marks it
+            (run_dir / "error.txt").write_text(str(exc) + "\n")
+            return
+        sys.exit(2)
+    print(
+        f"best response {summary['best_response']:.6g} after {summary['n_evaluations']} evaluations "
+        f"({summary['wall_s']:.1f} s): {run_dir}"
+    )
+
+
+def main() -> None:
+    import hydra
+
+    from stimopt.config import install_search_path
+
+    plugins.load_plugins()
+    for name, error in plugins.failed_plugins().items():
+        print(f"stimopt: warning: plugin '{name}' failed to load ({error}); the others work", file=sys.stderr)
+    install_search_path()
+    hydra.main(config_path=None, config_name="config", version_base="1.3")(_task)()
+
+
+def plugins_main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="stimopt-plugins", description="List installed stimopt plugins.")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    args = parser.parse_args(argv)
+    infos = plugins.plugin_infos()
+    if args.json:
+        print(json.dumps([info.__dict__ for info in infos], indent=2))
+        return
+    for info in infos:
+        print(f"{info.name} {info.version or ''} ({info.module})".rstrip())
+        if info.error:
+            print(f"  FAILED TO LOAD: {info.error}")
+            continue
+        print(f"  hooks: {', '.join(info.hooks)}")
+        for kind, names in info.registers.items():
+            print(f"  {kind}s: {', '.join(names)}")
+        for folder in info.config_dirs:
+            print(f"  configs: {folder}")

@@ -1,0 +1,212 @@
+"""From a composed config to a finished run directory: build the trio, check it fits, run, report."""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from stimopt import plugins
+from stimopt.api import Optimizer
+from stimopt.engine import Run
+from stimopt.errors import StimoptError
+from stimopt.objective import Objective
+from stimopt.store import RunStore
+
+# Keys that may differ between a run and its resumption.
+RESUME_FREE_KEYS = ("resume", "logger", "budget", "device")
+
+
+def component_name(node) -> str:
+    if node.get("_target_"):
+        return str(node["_target_"]).rsplit(".", 1)[-1] + (f":{node['name']}" if node.get("name") else "")
+    return str(node.get("name", "?"))
+
+
+def resolve_class(kind: str, node: DictConfig) -> type:
+    if node.get("_target_"):
+        from hydra.utils import get_class
+
+        try:
+            return get_class(node["_target_"])
+        except Exception as exc:
+            raise StimoptError(f"{kind} class '{node['_target_']}' cannot be imported: {exc}") from None
+    if not node.get("name"):
+        raise StimoptError(f"the {kind} config needs 'name: <registered {kind}>' or '_target_: package.Class'")
+    return plugins.lookup(kind, node["name"])
+
+
+def build(kind: str, node: DictConfig, **context):
+    """Instantiate a target/generator/optimizer from its group config.
+
+    Context values (``device``) are passed when the class's constructor takes them.
+    """
+    cls = resolve_class(kind, node)
+    # With _target_, every other key (``name`` included) is a constructor option.
+    meta = ("_target_",) if node.get("_target_") else ("name",)
+    kwargs = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in meta}
+    sig = inspect.signature(cls.__init__)
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    for key, value in context.items():
+        if key in sig.parameters or takes_any:
+            kwargs.setdefault(key, value)
+    try:
+        sig.bind(None, **kwargs)
+    except TypeError:
+        valid = [p for p in sig.parameters if p not in ("self", "device")]
+        unknown = [k for k in kwargs if k not in sig.parameters]
+        raise StimoptError(
+            f"{kind} '{component_name(node)}' does not take option(s) {', '.join(unknown) or '(missing required)'}; "
+            f"it takes: {', '.join(valid) or 'nothing'}"
+        ) from None
+    return cls(**kwargs)
+
+
+def check_fit(generator, optimizer: Optimizer, gen_name: str, opt_name: str) -> None:
+    """Refuse a trio whose optimizer cannot search the generator's code space, naming what fits."""
+    space = generator.space
+    if optimizer.fits(space):
+        return
+    reg = plugins.registry()
+    fitting_opts = sorted(n for n, (cls, _) in reg["optimizer"].items() if isinstance(space, getattr(cls, "accepts", ())))
+    fitting_gens = sorted(
+        n for n, (cls, _) in reg["generator"].items() if issubclass(getattr(cls, "space_type", object), optimizer.accepts)
+    )
+    raise StimoptError(
+        f"optimizer '{opt_name}' cannot search generator '{gen_name}' ({space.kind} codes); "
+        f"optimizers that fit '{gen_name}': {', '.join(fitting_opts) or 'none'}; "
+        f"generators that fit '{opt_name}': {', '.join(fitting_gens) or 'none'}"
+    )
+
+
+def config_hash(cfg: DictConfig) -> str:
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for key in RESUME_FREE_KEYS:
+        data.pop(key, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if not prefix and key in RESUME_FREE_KEYS:
+            continue
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}: {va!r} -> {vb!r}")
+    return out
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def open_store(cfg: DictConfig, run_dir: Path) -> RunStore:
+    """The run's store; on resume, the existing one after checking the config is the same."""
+    path = run_dir / "evaluations.sqlite"
+    existed = path.exists()
+    store = RunStore(path)
+    current = OmegaConf.to_container(cfg, resolve=True)
+    if existed and store.meta("config_hash") is not None:
+        if not cfg.resume:
+            raise StimoptError(f"{run_dir} already holds a run; pass resume=true to continue it or choose a new run dir")
+        if store.meta("config_hash") != config_hash(cfg):
+            diff = "; ".join(config_diff(store.meta("config"), current)) or "structure"
+            raise StimoptError(f"cannot resume {run_dir}: its config differs ({diff}); resume with the same overrides or start a new run")
+    else:
+        store.set_meta(config=current, config_hash=config_hash(cfg), status="running")
+    return store
+
+
+def build_run(cfg: DictConfig, run_dir: Path) -> Run:
+    """Compose target, generator, optimizer, objective and store; restore state when resuming."""
+    plugins.load_plugins()
+    if cfg.budget is None or int(cfg.budget) <= 0:
+        raise StimoptError(f"budget must be a positive number of evaluations, got {cfg.budget}")
+    seed_everything(int(cfg.seed))
+    gen_name, opt_name = component_name(cfg.generator), component_name(cfg.optimizer)
+    generator = build("generator", cfg.generator, device=cfg.device)
+    optimizer = build("optimizer", cfg.optimizer)
+    check_fit(generator, optimizer, gen_name, opt_name)
+    target = build("target", cfg.target, device=cfg.device)
+    objective = Objective(cfg.direction, **OmegaConf.to_container(cfg.get("objective") or {}, resolve=True))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    store = open_store(cfg, run_dir)
+    optimizer.setup(generator.space, seed=int(cfg.seed), budget=int(cfg.budget), batch_size=int(cfg.batch_size))
+    run = Run(
+        target=target, generator=generator, optimizer=optimizer, objective=objective, store=store,
+        budget=int(cfg.budget), batch_size=int(cfg.batch_size), seed=int(cfg.seed),
+        on_bad_response=str(cfg.on_bad_response), run_dir=run_dir,
+    )
+    run.restore()
+    return run
+
+
+def summarize(run: Run, cfg: DictConfig, wall_s: float, status: str) -> dict:
+    """summary.json's content, read back from the store (so it is true after a resume too)."""
+    responses = run.store.responses()
+    p = run.progress
+    evals_to_best = None
+    if np.isfinite(p.best_response):
+        hits = np.flatnonzero(responses == p.best_response)
+        evals_to_best = int(hits[0]) + 1 if hits.size else None
+    outside = p.time_total - p.time_generate - p.time_evaluate
+    return {
+        "status": status,
+        "best_response": p.best_response if np.isfinite(p.best_response) else None,
+        "n_evaluations": p.n_evaluations,
+        "n_missing": int(np.isnan(responses).sum()),
+        "evaluations_to_best": evals_to_best,
+        "generations": p.generation,
+        "direction": cfg.direction,
+        "target": run.target.describe(),
+        "generator": run.generator.describe(),
+        "optimizer": run.optimizer.describe(),
+        "target_name": component_name(cfg.target),
+        "generator_name": component_name(cfg.generator),
+        "optimizer_name": component_name(cfg.optimizer),
+        "seed": int(cfg.seed),
+        "budget": int(cfg.budget),
+        "wall_s": round(wall_s, 3),
+        "loop_s": round(p.time_total, 3),
+        "generate_s": round(p.time_generate, 3),
+        "evaluate_s": round(p.time_evaluate, 3),
+        "overhead_fraction": round(outside / p.time_total, 4) if p.time_total > 0 else None,
+    }
+
+
+def run_experiment(cfg: DictConfig, run_dir: str | Path, observers=None, progress: bool = True) -> dict:
+    """Run (or resume) one experiment into ``run_dir`` and write its report. Returns the summary.
+
+    ``observers=None`` attaches the configured ones (progress bar, logger).
+    """
+    from stimopt import report
+    from stimopt.observers import make_observers
+
+    run_dir = Path(run_dir)
+    t0 = time.perf_counter()
+    run = build_run(cfg, run_dir)
+    status = "failed"
+    try:
+        run.observers = list(observers) if observers is not None else make_observers(cfg, run_dir, progress)
+        run.run()
+        status = "finished"
+    finally:
+        summary = summarize(run, cfg, time.perf_counter() - t0, status)
+        report.write(run, summary)
+        for obs in run.observers:
+            obs.on_end(run, summary)
+        run.store.set_meta(status=status)
+        run.store.close()
+        run.target.close()
+    return summary

@@ -1,0 +1,76 @@
+"""The run directory's report: summary.json, best.png (top stimuli) and trajectory.png."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+N_BEST = 8
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def best_images(run, k: int = N_BEST) -> tuple[np.ndarray, list[float]]:
+    """Regenerate the k best stimuli from their stored codes: (images [k,H,W,3], responses)."""
+    top = run.store.top(k)
+    if not top:
+        return np.zeros((0, 1, 1, 3)), []
+    codes = np.array([t["code"] for t in top])
+    with torch.inference_mode():
+        images = run.generator.generate(codes)
+    images = images.detach().float().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    return images.transpose(0, 2, 3, 1).clip(0, 1), [t["response"] for t in top]
+
+
+def save_best(run, path: Path, k: int = N_BEST) -> None:
+    images, responses = best_images(run, k)
+    if not len(images):
+        return
+    plt = _figure()
+    fig, axes = plt.subplots(1, len(images), figsize=(2 * len(images), 2.3), squeeze=False)
+    for ax, img, r in zip(axes[0], images, responses):
+        ax.imshow(img)
+        ax.set_title(f"{r:.3g}", fontsize=9)
+        ax.axis("off")
+    fig.suptitle(f"best stimuli (direction={run.objective.direction})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def save_trajectory(run, path: Path) -> None:
+    gens = run.store.generations()
+    if not gens:
+        return
+    plt = _figure()
+    n = np.array([g["n_evaluations"] for g in gens])
+    best = np.array([np.nan if g["best_response"] is None else g["best_response"] for g in gens])
+    mean = np.array([np.nan if g["mean_response"] is None else g["mean_response"] for g in gens])
+    pick = np.fmax if run.objective.direction == "max" else np.fmin
+    so_far = pick.accumulate(np.where(np.isnan(best), -np.inf * run.objective.sign, best))
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(n, so_far, label="best so far")
+    ax.plot(n, best, alpha=0.5, label="generation best")
+    ax.plot(n, mean, alpha=0.5, label="generation mean")
+    ax.set_xlabel("evaluations")
+    ax.set_ylabel("response")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def write(run, summary: dict) -> None:
+    d = Path(run.run_dir)
+    (d / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    save_trajectory(run, d / "trajectory.png")
+    save_best(run, d / "best.png")

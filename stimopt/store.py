@@ -1,0 +1,171 @@
+"""The run store: one SQLite file (WAL) per run, ``evaluations.sqlite``.
+
+Each generation (its evaluations, its summary row and the engine checkpoint) is committed in one
+transaction before the next ask, so a killed process loses at most the generation in flight.
+
+Tables:
+- ``evaluations``: one row per evaluated stimulus: generation, position in the generation,
+  response (NULL when missing), score, all outputs (float32 blob), the code (float32 blob) or
+  bank index that reproduces the image, and optimizer metadata (JSON, e.g. parents).
+- ``generations``: per generation n, best/mean response, cumulative evaluations, wall time.
+- ``checkpoint``: the latest engine state (pickled), replaced every generation.
+- ``meta``: the run's config, config hash and status.
+"""
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS evaluations (
+    id INTEGER PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    response REAL,
+    score REAL,
+    outputs BLOB,
+    code BLOB,
+    bank_index INTEGER,
+    info TEXT
+);
+CREATE TABLE IF NOT EXISTS generations (
+    generation INTEGER PRIMARY KEY,
+    n INTEGER NOT NULL,
+    n_missing INTEGER NOT NULL,
+    best_response REAL,
+    mean_response REAL,
+    n_evaluations INTEGER NOT NULL,
+    wall_s REAL
+);
+CREATE TABLE IF NOT EXISTS checkpoint (id INTEGER PRIMARY KEY CHECK (id = 0), generation INTEGER, state BLOB);
+"""
+
+
+def _nan_to_none(x: float):
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+class RunStore:
+    def __init__(self, path: str | Path, synchronous: str = "FULL"):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(self.path), isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={synchronous}")
+        self.db.executescript(SCHEMA)
+
+    # -- meta -------------------------------------------------------------------------------
+    def set_meta(self, **items) -> None:
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in items.items()]
+            )
+
+    def meta(self, key: str, default=None):
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    # -- the per-generation transaction ------------------------------------------------------
+    def append_generation(
+        self,
+        generation: int,
+        codes: np.ndarray,
+        response: np.ndarray,
+        score: np.ndarray,
+        outputs: np.ndarray | None,
+        info: list[dict] | None,
+        n_evaluations: int,
+        wall_s: float,
+        checkpoint: dict,
+    ) -> None:
+        """Commit one generation and the checkpoint to continue after it, atomically."""
+        bank = codes.ndim == 1 and np.issubdtype(codes.dtype, np.integer)
+        flat = codes if bank else np.ascontiguousarray(codes.reshape(len(codes), -1), dtype=np.float32)
+        outs = None if outputs is None else np.ascontiguousarray(outputs, dtype=np.float32).reshape(len(codes), -1)
+        rows = []
+        for i in range(len(codes)):
+            rows.append((
+                generation,
+                i,
+                _nan_to_none(response[i]),
+                _nan_to_none(score[i]),
+                None if outs is None else outs[i].tobytes(),
+                None if bank else flat[i].tobytes(),
+                int(flat[i]) if bank else None,
+                None if info is None else json.dumps(info[i]),
+            ))
+        finite = response[np.isfinite(response)]
+        blob = pickle.dumps(checkpoint, protocol=pickle.HIGHEST_PROTOCOL)
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "INSERT INTO evaluations (generation, position, response, score, outputs, code, bank_index, info)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            self.db.execute(
+                "INSERT INTO generations VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    generation,
+                    len(codes),
+                    int(len(codes) - finite.size),
+                    _nan_to_none(float(finite[np.argmax(score[np.isfinite(response)])]) if finite.size else math.nan),
+                    _nan_to_none(float(finite.mean()) if finite.size else math.nan),
+                    n_evaluations,
+                    wall_s,
+                ),
+            )
+            self.db.execute("INSERT OR REPLACE INTO checkpoint VALUES (0, ?, ?)", (generation, blob))
+
+    # -- reading back ------------------------------------------------------------------------
+    def checkpoint(self) -> tuple[int, dict] | None:
+        row = self.db.execute("SELECT generation, state FROM checkpoint WHERE id=0").fetchone()
+        return None if row is None else (row[0], pickle.loads(row[1]))
+
+    def n_evaluations(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
+
+    def generations(self) -> list[dict]:
+        cur = self.db.execute(
+            "SELECT generation, n, n_missing, best_response, mean_response, n_evaluations, wall_s"
+            " FROM generations ORDER BY generation"
+        )
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    def responses(self) -> np.ndarray:
+        """All responses in evaluation order (NaN where missing)."""
+        rows = self.db.execute("SELECT response FROM evaluations ORDER BY id").fetchall()
+        return np.array([np.nan if r[0] is None else r[0] for r in rows], dtype=np.float64)
+
+    def top(self, k: int) -> list[dict]:
+        """The k best-scoring evaluations with their codes (array) or bank indices."""
+        cur = self.db.execute(
+            "SELECT id, generation, position, response, score, code, bank_index FROM evaluations"
+            " WHERE score IS NOT NULL ORDER BY score DESC, id ASC LIMIT ?",
+            (k,),
+        )
+        out = []
+        for id_, gen, pos, resp, score, code, bank_index in cur.fetchall():
+            out.append({
+                "id": id_, "generation": gen, "position": pos, "response": resp, "score": score,
+                "code": bank_index if code is None else np.frombuffer(code, dtype=np.float32).copy(),
+            })
+        return out
+
+    def codes(self) -> np.ndarray:
+        """Every evaluated code (float32 [N, dim]) or bank index (int64 [N]), in evaluation order."""
+        rows = self.db.execute("SELECT code, bank_index FROM evaluations ORDER BY id").fetchall()
+        if rows and rows[0][0] is None:
+            return np.array([r[1] for r in rows], dtype=np.int64)
+        return np.stack([np.frombuffer(r[0], dtype=np.float32) for r in rows]) if rows else np.zeros((0, 0), np.float32)
+
+    def close(self) -> None:
+        self.db.close()
