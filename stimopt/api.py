@@ -112,6 +112,11 @@ class Optimizer(abc.ABC):
     """
 
     accepts: ClassVar[tuple[type[CodeSpace], ...]] = (ContinuousSpace,)
+    #: White-box optimizers (gradient ascent) set this; the engine then calls ``attach`` once.
+    white_box: ClassVar[bool] = False
+
+    def attach(self, generator: "Generator", target: "Target", objective) -> None:
+        """White-box optimizers only: receive the differentiable path score = objective(target(generator(z)))."""
 
     def setup(self, space: CodeSpace, *, seed: int, budget: int, batch_size: int) -> None:
         """Called once before the first ask (also before ``load_state_dict`` on resume)."""
@@ -127,6 +132,10 @@ class Optimizer(abc.ABC):
     @abc.abstractmethod
     def tell(self, codes: np.ndarray, scores: np.ndarray) -> None:
         """Learn from the scores (NaN = missing) of codes returned by the last ask."""
+
+    def report(self) -> dict:
+        """Optional end-of-run findings (JSON-serializable), written to summary.json as ``optimizer_report``."""
+        return {}
 
     def ask_info(self) -> list[dict] | None:
         """Optional per-code metadata of the last ask (e.g. parents), stored with each evaluation."""

@@ -143,6 +143,8 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
     run_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(cfg, run_dir)
     optimizer.setup(generator.space, seed=int(cfg.seed), budget=int(cfg.budget), batch_size=int(cfg.batch_size))
+    if optimizer.white_box:
+        optimizer.attach(generator, target, objective)
     run = Run(
         target=target, generator=generator, optimizer=optimizer, objective=objective, store=store,
         budget=int(cfg.budget), batch_size=int(cfg.batch_size), seed=int(cfg.seed),
@@ -182,6 +184,7 @@ def summarize(run: Run, cfg: DictConfig, wall_s: float, status: str) -> dict:
         "generate_s": round(p.time_generate, 3),
         "evaluate_s": round(p.time_evaluate, 3),
         "overhead_fraction": round(outside / p.time_total, 4) if p.time_total > 0 else None,
+        "optimizer_report": run.optimizer.report(),
     }
 
 

@@ -1,0 +1,23 @@
+# The two commands of the README:
+#   make demo   sets up .venv and runs the embedded default experiment (CPU, offline, < 2 min)
+#   make test   sets up .venv and runs the whole test suite
+PY := .venv/bin/python
+# torch/torchvision pinned to the builds this project is tested with (pip takes them from the local wheel cache when present)
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.venv/.installed: pyproject.toml Makefile examples/stimopt_example_plugin/pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[test,vislens]' -e examples/stimopt_example_plugin
+	touch $@
+
+setup: .venv/.installed
+
+demo: .venv/.installed
+	.venv/bin/stimopt
+
+test: .venv/.installed
+	$(PY) -m pytest -q -p no:cacheprovider
+
+.PHONY: setup demo test

@@ -1,0 +1,1 @@
+"""Image banks: sources, features, kNN graphs and coresets (ImageBeagle)."""
