@@ -138,7 +138,10 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
     generator = build("generator", cfg.generator, device=cfg.device)
     optimizer = build("optimizer", cfg.optimizer)
     check_fit(generator, optimizer, gen_name, opt_name)
-    target = build("target", cfg.target, device=cfg.device)
+    from stimopt import noise
+
+    target_cfg, noise_cfg = noise.split_config(cfg.target)  # noise keys wrap the target (stimopt.noise)
+    target = noise.wrap(build("target", target_cfg, device=cfg.device), noise_cfg, seed=int(cfg.seed))
     objective = Objective(cfg.direction, **OmegaConf.to_container(cfg.get("objective") or {}, resolve=True))
     run_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(cfg, run_dir)
