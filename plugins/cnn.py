@@ -86,20 +86,34 @@ def load_model(name: str, weights: str = "pretrained") -> tuple[torch.nn.Module,
         model = timm.create_model(timm_name, pretrained=False)
         cfg = model.pretrained_cfg
         if weights == "pretrained":
-            try:
-                model = timm.create_model(timm_name, pretrained=True)
-            except Exception:
+            path = _timm_cached_file(cfg)
+            if path is None:
                 raise StimoptError(
-                    f"pretrained weights for timm model '{name}' could not be loaded offline: download them "
-                    f"(hub id {cfg.get('hf_hub_id') or cfg.get('url')}) into the Hugging Face cache "
-                    "or pass target.weights=PATH to a state dict"
-                ) from None
+                    f"pretrained weights for timm model '{name}' are not on this machine: download model.safetensors "
+                    f"of Hugging Face repo {cfg.get('hf_hub_id') or cfg.get('url')} into the Hugging Face cache "
+                    "(huggingface-cli download REPO) or pass target.weights=PATH to a state dict"
+                )
+            model = timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay={"file": path})
         elif weights != "random":
             _load_state_file(model, weights, name)
         return model.eval(), tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
     raise StimoptError(
         f"unknown model '{name}': use any torchvision or timm model name (e.g. resnet50, alexnet, efficientnet_lite0)"
     )
+
+
+def _timm_cached_file(cfg: dict) -> str | None:
+    """The locally cached weight file of a timm model, without touching the network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = cfg.get("hf_hub_id")
+    if not repo:
+        return None
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo, filename)
+        if isinstance(found, str):
+            return found
+    return None
 
 
 class _Stop(Exception):
