@@ -1,0 +1,125 @@
+"""``stimopt-fit``: fit a model of recorded responses (a model target) to images + responses.
+
+A Hydra app like ``stimopt`` (plugins' config folders are on its search path), primary config
+``conf/fit.yaml``, one group ``model/``:
+
+    stimopt-fit model=v4_ensemble data.images=imgs.npz data.responses=resp.npz out=fits/v4
+    stimopt-fit model=encoder model.backbone=efficientnet_lite0 data.responses=nsd.h5 data.format=nsd
+    stimopt-fit model=v4_ensemble data.twin.n_images=2000     # synthetic "digital twin" data
+    stimopt-fit mode=match checkpoint=fits/v4/model.pt data.images=... data.responses=...
+
+The model contract (how to add ``model=yours`` without touching this file)
+--------------------------------------------------------------------------
+A model config ``model/NAME.yaml`` (in ``conf/`` or in any plugin's registered config folder)
+selects its fit function with ``_target_``::
+
+    _target_: my_package.my_module.fit_my_model      # a function, not a class
+    ...                                              # its own options, read from cfg.model
+
+The function has the fixed signature::
+
+    def fit_my_model(cfg: DictConfig, out_dir: pathlib.Path) -> dict: ...
+
+``cfg`` is the whole composed fit config (``cfg.model`` its own options, ``cfg.data`` the data
+spec, ``cfg.seed``, ``cfg.device``); ``out_dir`` exists. It writes its checkpoint(s) into
+``out_dir`` and returns a JSON-serializable report (by convention ``checkpoint``: path written,
+``r2_test``: held-out R^2 per output, ``r2_test_median``). This app writes the report to
+``out_dir/report.json`` and prints a one-line summary. Data loading helpers live in
+:mod:`stimopt.responses` (``load_dataset(cfg.data)``).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from stimopt import plugins
+from stimopt.errors import StimoptError
+
+
+def _jsonable(obj):
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        return None if obj != obj else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def fit_function(cfg):
+    """The callable named by ``cfg.model._target_``."""
+    target = cfg.model.get("_target_") if cfg.get("model") is not None else None
+    if not target:
+        raise StimoptError("the model config needs '_target_: package.module.fit_function' (see stimopt/fit.py)")
+    from hydra.utils import get_method
+
+    try:
+        return get_method(str(target))
+    except Exception as exc:
+        raise StimoptError(f"model fit function '{target}' cannot be imported: {exc}") from None
+
+
+def run_fit(cfg, out_dir: str | Path) -> dict:
+    """Fit (or match) as configured, write ``report.json`` into ``out_dir``, return the report."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plugins.load_plugins()
+    mode = str(cfg.get("mode", "fit"))
+    if mode == "fit":
+        report = fit_function(cfg)(cfg, out_dir)
+    elif mode == "match":
+        from stimopt_plugins.neural import match_from_config
+
+        report = match_from_config(cfg, out_dir)
+    else:
+        raise StimoptError(f"mode must be 'fit' or 'match', got '{mode}'")
+    report = _jsonable(dict(report))
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _task(cfg) -> None:
+    try:
+        report = run_fit(cfg, Path(str(cfg.out)))
+    except StimoptError as exc:
+        print(f"stimopt-fit: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    line = report.get("summary") or ", ".join(f"{k}={v}" for k, v in report.items() if isinstance(v, (int, float, str)))
+    print(f"{line}: {Path(str(cfg.out)) / 'report.json'}")
+
+
+def main() -> None:
+    import hydra
+
+    from stimopt.config import install_search_path
+
+    plugins.load_plugins()
+    for name, error in plugins.failed_plugins().items():
+        print(f"stimopt-fit: warning: plugin '{name}' failed to load ({error}); the others work", file=sys.stderr)
+    install_search_path()
+    hydra.main(config_path=None, config_name="fit", version_base="1.3")(_task)()
+
+
+def compose_fit(overrides: list[str] | None = None):
+    """The composed fit config, exactly as ``stimopt-fit OVERRIDES`` would see it (tests, notebooks)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from stimopt.config import install_search_path
+
+    plugins.load_plugins()
+    install_search_path()
+    GlobalHydra.instance().clear()
+    core_dir = next(folder for name, folder in plugins.config_dirs() if name == "core")
+    with initialize_config_dir(config_dir=core_dir, version_base="1.3"):
+        return hydra_compose("fit", overrides=list(overrides or []))
