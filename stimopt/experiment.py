@@ -159,6 +159,8 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
 
 def summarize(run: Run, cfg: DictConfig, wall_s: float, status: str) -> dict:
     """summary.json's content, read back from the store (so it is true after a resume too)."""
+    from stimopt import reference
+
     responses = run.store.responses()
     p = run.progress
     evals_to_best = None
@@ -188,6 +190,7 @@ def summarize(run: Run, cfg: DictConfig, wall_s: float, status: str) -> dict:
         "evaluate_s": round(p.time_evaluate, 3),
         "overhead_fraction": round(outside / p.time_total, 4) if p.time_total > 0 else None,
         "optimizer_report": run.optimizer.report(),
+        "reference": reference.summarize(run, cfg),  # relative activation vs natural images (stimopt.reference)
     }
 
 
