@@ -224,11 +224,19 @@ class TwinTeacher(torch.nn.Module):
         rf = torch.exp(-((yy[None] - cy[:, None, None]) ** 2 + (xx[None] - cx[:, None, None]) ** 2) / (2 * sd**2))
         self.rf = rf / rf.sum(dim=(1, 2), keepdim=True)  # [K, H, W]
 
+        self.threshold = torch.zeros(n_neurons)
+
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def drive(self, images: torch.Tensor) -> torch.Tensor:
+        """The linear drive [B, K] before the threshold."""
         f = self.features(images)  # [B, C, H, W]
         pooled = torch.einsum("bchw,khw->bkc", f, self.rf.to(f.device))
-        return F.relu((pooled * self.w.to(f.device)).sum(-1))  # [B, K]
+        return (pooled * self.w.to(f.device)).sum(-1)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        d = self.drive(images)
+        return F.relu(d - self.threshold.to(d.device))  # [B, K]
 
 
 def make_twin(features, n_images: int = 1500, n_neurons: int = 8, size: int = 112, noise: float = 0.2,
@@ -244,7 +252,9 @@ def make_twin(features, n_images: int = 1500, n_neurons: int = 8, size: int = 11
     with torch.no_grad():
         probe = features(images[:1])
     teacher = TwinTeacher(features, probe.shape[1], probe.shape[2], probe.shape[3], int(n_neurons), seed=int(seed) + 1)
-    clean = torch.cat([teacher(images[i:i + batch]) for i in range(0, len(images), batch)]).double().cpu().numpy()
+    drive = torch.cat([teacher.drive(images[i:i + batch]).cpu() for i in range(0, len(images), batch)])
+    teacher.threshold = drive.quantile(0.3, dim=0)  # each neuron silent for ~30% of the images
+    clean = F.relu(drive - teacher.threshold).double().numpy()
     sd = clean.std(axis=0, keepdims=True) + 1e-12
     clean = clean / sd  # unit SD per neuron
     rng = np.random.default_rng(seed)
