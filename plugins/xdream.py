@@ -305,7 +305,7 @@ def encode(generator, images, steps: int = 200, lr: float = 0.05, batch: int = 2
     out = []
     with torch.inference_mode(False), torch.enable_grad():
         for start in range(0, len(imgs), batch):
-            target = imgs[start:start + batch].to(dev)
+            target = imgs[start:start + batch].to(dev).clone()  # a normal tensor even if made in inference mode
             z0 = space.init_mean + 0.1 * space.init_std * torch.randn(len(target), space.dim, generator=gen)
             z = z0.to(dev).requires_grad_(True)
             opt = torch.optim.Adam([z], lr=lr)
@@ -328,7 +328,10 @@ def read_images(folder: str, size: int) -> torch.Tensor:
     """Every image file in ``folder`` as [B, 3, size, size] float32 in [0, 1] (centre-cropped square)."""
     from PIL import Image
 
-    files = sorted(p for p in Path(folder).expanduser().iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"))
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise StimoptError(f"image folder {root} does not exist")
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"))
     if not files:
         raise StimoptError(f"no images (.png/.jpg/...) in {folder}")
     out = []

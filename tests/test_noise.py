@@ -1,0 +1,148 @@
+"""Noise models (stimopt.noise): calibration, mean/variance, seeding, resume, bad input; relative activation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import stimopt
+from stimopt import noise, reference
+from stimopt.errors import StimoptError
+
+
+class MeanTarget(stimopt.Target):
+    """Response = 10 x mean pixel value (minus an offset): deterministic and cheap."""
+
+    input_size = 16
+
+    def __init__(self, offset: float = 0.0):
+        self.offset = offset
+
+    def evaluate(self, images):
+        return (images.mean(dim=(1, 2, 3)) * 10 - self.offset).float()
+
+    def describe(self):
+        return f"MeanTarget(offset={self.offset})"
+
+
+def constant_images(values, size=8):
+    v = torch.as_tensor(values, dtype=torch.float32)
+    return v.view(-1, 1, 1, 1).expand(-1, 3, size, size).contiguous()
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("STIMOPT_CACHE", str(tmp_path / "cache"))
+
+
+def test_expected_max_matches_monte_carlo():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=300)
+    draws = rng.choice(x, size=(20000, 50)).max(axis=1).mean()
+    assert noise.expected_max(x, 50) == pytest.approx(draws, abs=0.02)
+    assert noise.expected_max(x, 1) == pytest.approx(x.mean())
+    assert noise.expected_max(x, 10**6) == pytest.approx(x.max(), rel=1e-6)
+
+
+def test_poisson_calibration_and_mean_variance():
+    inner = MeanTarget()
+    nt = noise.NoisyTarget(inner, "poisson", expected_max_spikes=20, noise_calibration=200, seed=1)
+    crops = noise.natural_responses(inner, 200, 16, seed=12345)
+    assert nt.good_response == pytest.approx(noise.expected_max(crops, 2500))
+    assert nt.scale == pytest.approx(20 / nt.good_response)
+    a = 6.0  # 10 x 0.6
+    r = nt.evaluate(constant_images([0.6] * 20000))
+    assert r.mean() == pytest.approx(a, rel=0.02)
+    assert r.var() == pytest.approx(a / nt.scale, rel=0.05)  # Poisson: var(count)/scale^2 = rate/scale^2
+    counts = r * nt.scale
+    assert np.allclose(counts, np.round(counts), atol=1e-3)  # whole spikes
+    # repeats average presentations: variance / repeats
+    nt4 = noise.NoisyTarget(inner, "poisson", expected_max_spikes=20, repeats=4, noise_calibration=200, seed=1)
+    r4 = nt4.evaluate(constant_images([0.6] * 20000))
+    assert r4.var() == pytest.approx(a / nt.scale / 4, rel=0.06)
+    # negative activations fire no spikes
+    neg = noise.NoisyTarget(MeanTarget(offset=3.0), "poisson", noise_calibration=100, cache=False)
+    assert (neg.evaluate(constant_images([0.1] * 100)) == 0).all()
+
+
+def test_poisson_good_stimulus_gives_expected_spikes():
+    nt = noise.NoisyTarget(MeanTarget(), "poisson", expected_max_spikes=5, noise_calibration=200, seed=0)
+    value = nt.good_response / 10
+    spikes = nt.evaluate(constant_images([value] * 20000)) * nt.scale
+    assert spikes.mean() == pytest.approx(5, rel=0.03)
+
+
+def test_gaussian_gain_mean_and_sd():
+    nt = noise.NoisyTarget(MeanTarget(), "gaussian", noise_sd=0.3, seed=2)
+    r = nt.evaluate(constant_images([0.5] * 20000))
+    assert r.mean() == pytest.approx(5.0, rel=0.01)
+    assert r.std() == pytest.approx(5.0 * 0.3, rel=0.03)
+    nt3 = noise.NoisyTarget(MeanTarget(), "gaussian", noise_sd=0.3, repeats=9, seed=2)
+    assert nt3.evaluate(constant_images([0.5] * 20000)).std() == pytest.approx(5.0 * 0.3 / 3, rel=0.04)
+
+
+def test_nan_passes_through_and_seeded_draws():
+    class NaNTarget(MeanTarget):
+        def evaluate(self, images):
+            r = super().evaluate(images)
+            r[0] = float("nan")
+            return r
+
+    nt = noise.NoisyTarget(NaNTarget(), "gaussian", seed=3)
+    r = nt.evaluate(constant_images([0.5, 0.5, 0.5]))
+    assert np.isnan(r[0]) and np.isfinite(r[1:]).all()
+    a = noise.NoisyTarget(MeanTarget(), "gaussian", seed=7).evaluate(constant_images([0.5] * 10))
+    b = noise.NoisyTarget(MeanTarget(), "gaussian", seed=7).evaluate(constant_images([0.5] * 10))
+    c = noise.NoisyTarget(MeanTarget(), "gaussian", seed=8).evaluate(constant_images([0.5] * 10))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_state_dict_resumes_exactly():
+    imgs = constant_images([0.4] * 50)
+    nt = noise.NoisyTarget(MeanTarget(), "poisson", noise_calibration=100, seed=4)
+    nt.evaluate(imgs)
+    state = nt.state_dict()
+    expected = [nt.evaluate(imgs), nt.evaluate(imgs)]
+    fresh = noise.NoisyTarget(MeanTarget(), "poisson", noise_calibration=100, seed=99)
+    fresh.load_state_dict(state)
+    assert fresh.scale == nt.scale
+    for want in expected:
+        assert np.array_equal(fresh.evaluate(imgs), want)
+
+
+def test_calibration_is_cached(monkeypatch, tmp_path):
+    noise.NoisyTarget(MeanTarget(), "poisson", noise_calibration=120)
+    assert list((tmp_path / "cache" / "noise").glob("*.json"))
+    calls = []
+    real = noise.natural_responses
+    monkeypatch.setattr(noise, "natural_responses", lambda t, n, *a, **k: calls.append(n) or real(t, n, *a, **k))
+    again = noise.NoisyTarget(MeanTarget(), "poisson", noise_calibration=120)
+    assert 120 not in calls and again.good_response > 0  # only the 8-image probe ran
+    other = noise.NoisyTarget(MeanTarget(offset=0.5), "poisson", noise_calibration=120)  # a different unit
+    assert 120 in calls and other.good_response != pytest.approx(again.good_response)
+
+
+def test_bad_input():
+    with pytest.raises(StimoptError, match="poisson, gaussian"):
+        noise.NoisyTarget(MeanTarget(), "laplace")
+    with pytest.raises(StimoptError, match="repeats"):
+        noise.NoisyTarget(MeanTarget(), "gaussian", repeats=0)
+    with pytest.raises(StimoptError, match="repeats"):
+        noise.wrap(MeanTarget(), {"noise": None, "repeats": 3})
+    with pytest.raises(StimoptError, match="positive response"):
+        noise.NoisyTarget(MeanTarget(offset=100.0), "poisson", noise_calibration=50)
+    t = MeanTarget()
+    assert noise.wrap(t, {"noise": None, "expected_max_spikes": 20, "repeats": 1}) is t
+
+
+def test_relative_activation_metrics():
+    natural = np.array([1.0, 2.0, 4.0, 3.0])
+    out = reference.relative(6.0, natural, n_random=1, direction="max")
+    assert out["best_natural"] == 4.0 and out["relative_activation"] == pytest.approx(1.5)
+    assert out["expected_best_of_random"] == pytest.approx(2.5)  # one random image: the mean
+    assert out["random_relative_activation"] == pytest.approx(2.5 / 4)
+    many = reference.relative(6.0, natural, n_random=10_000)
+    assert many["random_relative_activation"] == pytest.approx(1.0)
+    low = reference.relative(-6.0, -natural, n_random=1, direction="min")
+    assert low["best_natural"] == -4.0 and low["relative_activation"] == pytest.approx(1.5)
+    assert reference.relative(1.0, -natural, n_random=1)["relative_activation"] is None  # no positive natural best

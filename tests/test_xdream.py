@@ -1,0 +1,267 @@
+"""XDream family: DeePSiM generators, weight files, GA/NES/FDGD, NaN policy, genealogy, encoding, CLI."""
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+import torch
+
+import stimopt
+from stimopt import plugins
+from stimopt.errors import StimoptError
+from stimopt_plugins import deepsim, xdream
+from conftest import FAST, cli_env, run_cli
+
+CODE_DIMS = {"norm1": 96 * 27 * 27, "norm2": 256 * 13 * 13, "conv3": 384 * 13 * 13, "conv4": 384 * 13 * 13,
+             "pool5": 256 * 6 * 6, "fc6": 4096, "fc7": 4096, "fc8": 1000}
+
+
+# -- generators -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("layer", list(CODE_DIMS))
+def test_deepsim_shapes_and_range(layer):
+    gen = deepsim.DeepSimGenerator(layer, weights="random", size=64, device="cpu")
+    assert gen.space.dim == CODE_DIMS[layer]
+    codes = np.random.default_rng(0).normal(size=(2, gen.space.dim)).astype(np.float32)
+    with torch.inference_mode():
+        native = gen.net(torch.from_numpy(codes))
+        img = gen.generate(codes)
+    assert native.shape == (2, 3, gen.net.native_size, gen.net.native_size)
+    assert gen.net.native_size == (240 if layer.startswith("norm") else 256)
+    assert img.shape == (2, 3, 64, 64) and img.dtype == torch.float32
+    assert 0 <= float(img.min()) and float(img.max()) <= 1
+    assert "RANDOM weights" in gen.describe()
+    with pytest.raises(StimoptError, match=f"codes of shape \\[B, {gen.space.dim}\\]"):
+        gen.generate(codes[:, :10])
+
+
+def test_pixels_is_the_core_generator():
+    from stimopt_plugins.image_codes import PixelGenerator
+
+    plugins.load_plugins()
+    assert plugins.lookup("generator", "pixels") is PixelGenerator
+    assert plugins.lookup("generator", "deepsim") is deepsim.DeepSimGenerator
+    for name, cls in (("ga", xdream.Genetic), ("nes", xdream.NES), ("fdgd", xdream.FDGD)):
+        assert plugins.lookup("optimizer", name) is cls
+
+
+@pytest.fixture
+def norm1_file(tmp_path):
+    torch.manual_seed(1)
+    net = deepsim.DeePSiM("norm1")
+    for p in net.parameters():  # non-trivial weights, so a wrong load would show in the images
+        torch.nn.init.normal_(p, std=0.05)
+    path = tmp_path / "norm1.pt"
+    torch.save(net.state_dict(), path)
+    return net, path
+
+
+def test_weight_file_loads_with_hash_check(norm1_file):
+    net, path = norm1_file
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    gen = deepsim.DeepSimGenerator("norm1", weights=str(path), sha256=digest, size=240, device="cpu")
+    codes = np.random.default_rng(0).normal(size=(2, gen.space.dim)).astype(np.float32)
+    with torch.inference_mode():
+        want = ((net(torch.from_numpy(codes)) + gen.mean) / 255).flip(1).clamp(0, 1)
+        assert torch.allclose(gen.generate(codes), want, atol=1e-5)
+    assert digest[:16] in gen.describe() and "RANDOM" not in gen.describe()
+    with pytest.raises(StimoptError, match="sha256"):
+        deepsim.DeepSimGenerator("norm1", weights=str(path), sha256="0" * 64, device="cpu")
+    path.with_name("norm1.pt.sha256").write_text("f" * 64 + "  norm1.pt\n")  # a sidecar is checked too
+    with pytest.raises(StimoptError, match="wrong or corrupt"):
+        deepsim.DeepSimGenerator("norm1", weights=str(path), device="cpu")
+
+
+def test_weight_file_missing_or_wrong_shape(norm1_file, tmp_path, monkeypatch):
+    _, path = norm1_file
+    monkeypatch.setenv("STIMOPT_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(StimoptError) as err:
+        deepsim.DeepSimGenerator("fc6", device="cpu")
+    msg = str(err.value)
+    assert "\n" not in msg and str(tmp_path / "cache" / "deepsim" / "fc6.pt") in msg and "fc6" in msg
+    with pytest.raises(StimoptError, match="does not fit DeePSiM-norm2"):
+        deepsim.DeepSimGenerator("norm2", weights=str(path), device="cpu")
+    with pytest.raises(StimoptError, match="unknown DeePSiM layer 'fc9'"):
+        deepsim.DeepSimGenerator("fc9", weights="random", device="cpu")
+
+
+# -- optimizers on a toy objective ------------------------------------------------------------------
+OPTIMUM = np.linspace(-1.5, 1.5, 16)
+
+
+def toy_scores(codes):
+    return -((np.asarray(codes, np.float64) - OPTIMUM) ** 2).sum(axis=1)
+
+
+def drive(opt, budget=1200, batch=20, seed=0, space=None, nan_every=None):
+    space = space or stimopt.ContinuousSpace(dim=16)
+    opt.setup(space, seed=seed, budget=budget, batch_size=batch)
+    history, asked = [], []
+    for g in range(budget // batch):
+        codes = opt.ask(batch)
+        s = toy_scores(codes)
+        if nan_every:
+            s[g % nan_every::nan_every] = np.nan
+        opt.tell(codes, s)
+        history.append(np.nanmax(s))
+        asked.append(codes)
+    return np.array(history), np.concatenate(asked)
+
+
+def make(name, **kw):
+    return {"ga": xdream.Genetic, "nes": xdream.NES, "fdgd": xdream.FDGD}[name](**kw)
+
+
+@pytest.mark.parametrize("name", ["ga", "nes", "fdgd"])
+def test_optimizer_improves_toy_objective_and_is_deterministic(name):
+    opt = make(name)
+    hist, codes = drive(opt)
+    random_best = toy_scores(np.random.default_rng(0).normal(size=(1200, 16))).max()  # random search, same budget
+    # scores are minus the squared distance to the optimum; NES/FDGD's estimate is their centre
+    # (their samples stay search_radius away from it)
+    final = hist[-5:].max() if name == "ga" else toy_scores(opt.center[None])[0]
+    assert -final < 0.5 * -random_best and -final < 0.3 * -hist[0]
+    _, again = drive(make(name))
+    _, other = drive(make(name), seed=1)
+    assert np.array_equal(codes, again) and not np.array_equal(codes, other)
+
+
+@pytest.mark.parametrize("name", ["ga", "nes", "fdgd"])
+def test_state_dict_continues_exactly(name):
+    space = stimopt.ContinuousSpace(dim=16)
+    a = make(name)
+    a.setup(space, seed=3, budget=200, batch_size=20)
+    for _ in range(3):
+        c = a.ask(20)
+        a.tell(c, toy_scores(c))
+    import pickle
+
+    state = pickle.loads(pickle.dumps(a.state_dict()))
+    b = make(name)
+    b.setup(space, seed=99, budget=200, batch_size=20)
+    b.load_state_dict(state)
+    for _ in range(2):
+        ca, cb = a.ask(20), b.ask(20)
+        assert np.array_equal(ca, cb)
+        a.tell(ca, toy_scores(ca))
+        b.tell(cb, toy_scores(cb))
+
+
+def test_ga_defaults_and_bad_input():
+    ga = xdream.Genetic()
+    assert (ga.population_size, ga.mutation_rate, ga.mutation_size, ga.selectivity, ga.heritability, ga.n_conserve) == (
+        20, 0.5, 0.5, 2.0, 0.5, 0)
+    with pytest.raises(StimoptError, match="n_conserve"):
+        xdream.Genetic(population_size=4, n_conserve=4)
+    with pytest.raises(StimoptError, match="batch_size"):
+        xdream.Genetic(population_size=10).setup(stimopt.ContinuousSpace(dim=4), seed=0, budget=100, batch_size=20)
+    with pytest.raises(StimoptError, match="mutation_rate"):
+        xdream.Genetic(mutation_rate=1.5)
+
+
+def test_ga_with_nans_retries_and_keeps_going():
+    ga = xdream.Genetic(n_conserve=1)
+    hist, _ = drive(ga, budget=1200, nan_every=4)  # a quarter of every generation is missing
+    assert np.isfinite(hist).all() and -hist[-5:].max() < 0.3 * -hist[0]
+    assert ga.report()["missing_scores_retried"] > 0
+    # one generation in detail: NaN codes come back once, unchanged, with their ids; the best is conserved
+    ga = xdream.Genetic(population_size=6, n_conserve=1)
+    ga.setup(stimopt.ContinuousSpace(dim=4), seed=0, budget=60, batch_size=6)
+    codes = ga.ask(6)
+    ids = [i["id"] for i in ga.ask_info()]
+    scores = np.array([1.0, np.nan, 3.0, 2.0, np.nan, 0.0])
+    ga.tell(codes, scores)
+    nxt, info = ga.ask(6), ga.ask_info()
+    ops = [i["op"] for i in info]
+    assert ops.count("retry_missing") == 2 and ops.count("conserve") == 1 and ops.count("child") == 3
+    assert np.array_equal(nxt[0], codes[2]) and info[0]["id"] == ids[2]
+    retried = [k for k, op in enumerate(ops) if op == "retry_missing"]
+    assert {info[k]["id"] for k in retried} == {ids[1], ids[4]}
+    assert all(set(i["parents"]) <= {ids[0], ids[2], ids[3], ids[5]} for i in info if i["op"] == "child")
+    # all missing: codes already retried are dropped (replaced by fresh random codes), the others retried once
+    ga.tell(nxt, np.full(6, np.nan))
+    third, info3 = ga.ask(6), ga.ask_info()
+    assert len(third) == 6 and [i["op"] for i in info3].count("init") == 2
+    assert {i["id"] for i in info3 if i["op"] == "retry_missing"} == {info[k]["id"] for k in range(6) if k not in retried}
+
+
+def test_nes_fdgd_defaults_and_missing_pairs():
+    nes, fdgd = xdream.NES(), xdream.FDGD()
+    assert (nes.n_samples, nes.radius, nes.lr) == (20, 1.25, 1.75)
+    assert (fdgd.n_samples, fdgd.radius, fdgd.lr) == (20, 1.25, 1.25)
+    nes = xdream.NES()
+    hist, _ = drive(nes, nan_every=5)  # a fifth of every generation missing: incomplete pairs are skipped
+    assert np.isfinite(hist).all() and -toy_scores(nes.center[None])[0] < 0.3 * -toy_scores(np.zeros((1, 16)))[0]
+    fd = xdream.FDGD()
+    fd.setup(stimopt.ContinuousSpace(dim=4), seed=0, budget=40, batch_size=20)
+    c = fd.ask(20)
+    before = fd.center.copy()
+    fd.tell(c, np.full(20, np.nan))  # nothing scored: the centre stays
+    assert np.array_equal(fd.center, before)
+    c = fd.ask(20)
+    info = fd.ask_info()
+    assert info[0] == {"pair": 0, "sign": 1} and info[1] == {"pair": 0, "sign": -1}
+    assert np.allclose(c[0] + c[1], 2 * fd.center)  # antithetic
+
+
+def test_init_codes_and_encode(tmp_path):
+    from stimopt_plugins.image_codes import PixelGenerator
+
+    gen = PixelGenerator(size=16, resolution=8, device="cpu")
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0.1, 0.9, size=(3, gen.space.dim)).astype(np.float32)
+    with torch.inference_mode():
+        images = gen.generate(truth)
+    codes = xdream.encode(gen, images, steps=300, lr=0.05)
+    assert codes.shape == truth.shape
+    with torch.inference_mode():
+        assert float(((gen.generate(codes) - images) ** 2).mean()) < 1e-3
+    np.save(tmp_path / "init.npy", codes)
+    ga = xdream.Genetic(population_size=5, init_codes=str(tmp_path / "init.npy"))
+    ga.setup(gen.space, seed=0, budget=50, batch_size=5)
+    pop = ga.ask(5)
+    assert np.array_equal(pop[:3], codes) and [i["op"] for i in ga.ask_info()][3:] == ["init_child"] * 2
+    nes = xdream.NES(n_samples=4, init_codes=str(tmp_path / "init.npy"))
+    nes.setup(gen.space, seed=0, budget=8, batch_size=4)
+    assert np.allclose(nes.center, codes.mean(axis=0))
+    with pytest.raises(StimoptError, match="do not fit"):
+        xdream.Genetic(init_codes=str(tmp_path / "init.npy")).setup(stimopt.ContinuousSpace(dim=5), seed=0, budget=20, batch_size=20)
+
+
+def test_encode_command(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, color in enumerate([(200, 30, 30), (30, 200, 30)]):
+        Image.new("RGB", (40, 30), color).save(folder / f"{i}.png")
+    out = tmp_path / "codes.npy"
+    rc = xdream.main(["encode", str(folder), str(out), "generator=pixels", "generator.resolution=4",
+                      "generator.size=8", "encode.steps=150", "device=cpu"])
+    codes = np.load(out)
+    assert rc == 0 and codes.shape == (2, 48)
+    assert codes.reshape(2, 3, 4, 4)[0, 0].mean() == pytest.approx(200 / 255, abs=0.03)
+    assert xdream.main(["encode", str(tmp_path / "nothing"), str(out)]) != 0
+
+
+# -- end to end: CLI with GA, Poisson noise and the reference --------------------------------------
+def test_cli_ga_poisson_genealogy_and_relative_activation(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["optimizer=ga", "target.noise=poisson", "target.relu=true", "+target.noise_calibration=200",
+            "reference.kind=natural_crops", "reference.n=100", "budget=100", "target.unit=3",
+            f"hydra.run.dir={run_dir}", *FAST]
+    run_cli(args, cwd=tmp_path, env=cli_env(STIMOPT_CACHE=str(tmp_path / "cache")))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert "poisson(20 spikes" in summary["target"] and summary["optimizer"].startswith("xdream-GA")
+    ref = summary["reference"]
+    assert ref["n_natural"] == 100 and ref["n_random"] == 100 and ref["kind"] == "natural_crops"
+    assert ref["relative_activation"] == pytest.approx(ref["best_evolved"] / ref["best_natural"])
+    assert 0 < ref["random_relative_activation"] <= 1
+    db = sqlite3.connect(run_dir / "evaluations.sqlite")
+    infos = [json.loads(r[0]) for r in db.execute("SELECT info FROM evaluations WHERE generation=2")]
+    ids = {json.loads(r[0])["id"] for r in db.execute("SELECT info FROM evaluations WHERE generation=1")}
+    assert len(infos) == 20 and all(set(i["parents"]) <= ids for i in infos if i["op"] == "child")
+    assert any(i["op"] == "child" for i in infos)
+    assert list((tmp_path / "cache" / "noise").glob("*.json"))  # the Poisson calibration was cached
