@@ -84,7 +84,7 @@ def plugins_main(argv=None) -> None:
         print(json.dumps([info.__dict__ for info in infos], indent=2))
         return
     for info in infos:
-        print(f"{info.name} {info.version or ''} ({info.module})".rstrip())
+        print(f"{info.name}: package {info.package} {info.version or '?'}, module {info.module}")
         if info.error:
             print(f"  FAILED TO LOAD: {info.error}")
             continue

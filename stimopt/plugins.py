@@ -27,6 +27,7 @@ class PluginInfo:
     name: str
     version: str | None
     module: str
+    package: str | None = None
     hooks: list[str] = field(default_factory=list)
     registers: dict[str, list[str]] = field(default_factory=dict)
     config_dirs: list[str] = field(default_factory=list)
@@ -58,7 +59,8 @@ def load_plugins() -> None:
         try:
             module = ep.load()
         except Exception as exc:  # a broken plugin must not take the others down
-            _failed[ep.name] = PluginInfo(ep.name, version, ep.value, error=f"{type(exc).__name__}: {exc}")
+            _failed[ep.name] = PluginInfo(ep.name, version, ep.value, dist.name if dist else None,
+                                          error=f"{type(exc).__name__}: {exc}")
             continue
         pm.register(module, name=ep.name)
         _dist_of[ep.name] = (dist.name if dist else ep.name, version)
@@ -140,6 +142,7 @@ def plugin_infos() -> list[PluginInfo]:
             name=plugin_name,
             version=version,
             module=getattr(plugin, "__name__", repr(plugin)),
+            package=dist_name,
             hooks=sorted(h.name for h in pm.get_hookcallers(plugin) or []),
         )
         for kind in KINDS:

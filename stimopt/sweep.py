@@ -27,15 +27,19 @@ def collect(sweep_dir: Path) -> list[dict]:
         elif (job / "error.txt").exists():
             row["status"] = "error: " + (job / "error.txt").read_text().strip()
         rows.append(row)
-    return rows
+    # show only what differs between jobs; what all share goes in the table's caption
+    common = set.intersection(*(set(r["overrides"].split()) for r in rows)) if rows else set()
+    for r in rows:
+        r["overrides"] = " ".join(o for o in r["overrides"].split() if o not in common)
+    return rows, sorted(common)
 
 
-def write_table(rows: list[dict], sweep_dir: Path) -> str:
+def write_table(rows: list[dict], common: list[str], sweep_dir: Path) -> str:
     with open(sweep_dir / "sweep_summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| job | overrides | best response | evaluations | to best | status |", "|---|---|---|---|---|---|"]
+    lines = [f"sweep {sweep_dir.name}; common overrides: {' '.join(common) or '(none)'}", "", "| job | overrides | best response | evaluations | to best | status |", "|---|---|---|---|---|---|"]
     for r in rows:
         best = "" if r["best_response"] is None else f"{r['best_response']:.4g}"
         lines.append(f"| {r['job']} | {r['overrides']} | {best} | {r['n_evaluations'] or ''} | {r['evaluations_to_best'] or ''} | {r['status']} |")
@@ -79,9 +83,9 @@ class SweepReport(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        rows = collect(sweep_dir)
+        rows, common = collect(sweep_dir)
         if not rows:
             return
-        print(write_table(rows, sweep_dir))
+        print(write_table(rows, common, sweep_dir))
         plot(rows, sweep_dir)
         print(f"sweep table and plot: {sweep_dir}/sweep_summary.md, {sweep_dir}/sweep.png")
