@@ -131,18 +131,21 @@ class LayerReader:
         self.model = model
         self.module = modules[layer]
         self._out = None
-        self.module.register_forward_hook(self._hook)
 
     def _hook(self, module, inputs, output):
         self._out = output
         raise _Stop
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        # The hook lives only during this call, so several readers can share one model.
         self._out = None
+        handle = self.module.register_forward_hook(self._hook)
         try:
             self.model(x)
         except _Stop:
             pass
+        finally:
+            handle.remove()
         if self._out is None:
             raise StimoptError("the chosen layer was not reached in the forward pass")
         out = self._out
