@@ -422,7 +422,7 @@ class LatentGradient(stimopt.Optimizer):
                     with torch.no_grad():
                         z.copy_(torch.as_tensor(self.space.clip(z.detach().numpy())))
                 self.n_steps += 1
-        self.history.append({"step": self.n_steps, "response": float(resp.mean()), "kld": float(kld.mean())})
+        self.history.append({"step": self.n_steps, "response": float(resp.detach().mean()), "kld": float(kld.detach().mean())})
         self.z, self.adam_state = z.detach().clone(), opt.state_dict()
         return self.z[:n].numpy().copy()
 

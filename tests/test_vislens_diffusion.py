@@ -132,24 +132,24 @@ def test_vislens_generator_end_to_end_is_deterministic_and_embedding_driven(tiny
     assert (a[0] - a[1]).abs().mean() > 1e-4
 
 
-def test_vislens_cli_prior_shift_and_brainactiv(tiny_world, tmp_path):
-    from conftest import run_cli
+def test_vislens_runs_prior_shift_and_brainactiv(tiny_world, tmp_path):
+    from stimopt.config import compose
+    from stimopt.experiment import run_experiment
 
     common = ["logger=none", "budget=8", "batch_size=4", f"generator.checkpoint={tiny_world['ckpt']}",
               f"generator.sd_model={tiny_world['sd']}", f"generator.ip_adapter={tiny_world['ip']}", "generator.steps=3",
               "generator.size=32", "target.model=resnet18", "target.weights=random", "target.layer=layer2",
               "target.input_size=32", "device=cpu"]
-    run_cli(["generator=vislens", "optimizer=prior_shift", "optimizer.alphas=[0.0,1.0]", "direction=max",
-             f"hydra.run.dir={tmp_path / 'ps'}", *common], cwd=tmp_path)
-    s = json.loads((tmp_path / "ps" / "summary.json").read_text())
+    # Composed exactly as the CLI composes (Hydra groups shipped in conf/, registry lookup).
+    s = run_experiment(compose(["generator=vislens", "optimizer=prior_shift", "optimizer.alphas=[0.0,1.0]", "direction=max",
+                                *common]), tmp_path / "ps", progress=False)
+    assert (tmp_path / "ps" / "summary.json").is_file() and (tmp_path / "ps" / "best.png").is_file()
     assert s["n_evaluations"] == 8 and set(s["optimizer_report"]["mean_response_by_alpha"]) == {"0", "1"}
-    run_cli(["generator=vislens", "generator.code=clip", "optimizer=brainactiv", "direction=min",
-             f"hydra.run.dir={tmp_path / 'ba'}", *common], cwd=tmp_path)
-    s = json.loads((tmp_path / "ba" / "summary.json").read_text())
+    s = run_experiment(compose(["generator=vislens", "generator.code=clip", "optimizer=brainactiv", "direction=min", *common]),
+                       tmp_path / "ba", progress=False)
     assert s["n_evaluations"] == 8 and s["optimizer_report"]["direction"] == "min"
-    bad = run_cli(["generator=vislens", "optimizer=brainactiv", f"hydra.run.dir={tmp_path / 'bad'}", *common],
-                  cwd=tmp_path, check=False)
-    assert bad.returncode != 0 and "generator.code=clip" in bad.stderr and "Traceback" not in bad.stderr
+    with pytest.raises(StimoptError, match="generator.code=clip"):
+        run_experiment(compose(["generator=vislens", "optimizer=brainactiv", *common]), tmp_path / "bad", progress=False)
 
 
 def test_missing_weights_are_one_line_errors(tiny_world, tmp_path):

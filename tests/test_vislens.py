@@ -1,0 +1,209 @@
+"""Vis-Lens landscapes and their optimizers on planted targets (CPU, tiny models trained in the test)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import stimopt
+from stimopt.errors import StimoptError
+from stimopt.objective import Objective
+from stimopt_plugins.vislens_vae import ConvVAE, LinearVAE, PriorSpec, encode_means, landscape_report, save_landscape, train_vae
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster single-threaded on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class PlantedTarget(stimopt.Target):
+    """A linear target: mean red minus mean blue."""
+
+    def evaluate(self, images):
+        return images[:, 0].mean((1, 2)) - images[:, 2].mean((1, 2))
+
+
+def test_activation_prior_definition():
+    spec = PriorSpec(latent_dim=4, mu=1.0, lam=1.0, eps=1e-3, prior_dims=2, center="zero", sigma_max=10.0)
+    spec.fit_normalization(np.array([-2.0, 2.0]))  # sd 2: r_n = r / 2
+    mean, sigma = spec.params(torch.tensor([4.0, -1.0, 0.0]))
+    assert mean.tolist() == [[1, 1, 0, 0], [-1, -1, 0, 0], [-1, -1, 0, 0]]  # r_n <= 0 -> mu_neg; unconstrained dims 0
+    assert sigma[0, 0] == pytest.approx(1 / (2 + 1e-3)) and sigma[1, 0] == pytest.approx(1 / (0.5 + 1e-3))
+    assert sigma[2, 0] == pytest.approx(10.0)  # |r_n| = 0: clipped to sigma_max, barely constrained
+    assert sigma[:, 2:].eq(1).all()
+    std = PriorSpec(prior="standard", latent_dim=4)
+    assert std.mu_pos.abs().sum() == 0
+    with pytest.raises(StimoptError, match="prior must be one of"):
+        PriorSpec(prior="weird")
+
+
+def test_linear_vae_training_reduces_loss_and_separates_by_activation_sign():
+    torch.manual_seed(0)
+    x = torch.randn(400, 16)
+    r = (x @ torch.randn(16)).numpy()
+    out = {}
+    for prior in ("activation", "standard"):
+        spec = PriorSpec(prior=prior, latent_dim=4)
+        spec.fit_normalization(r)
+        model = LinearVAE(16, 4)
+        hist = train_vae(model, x, r, spec, epochs=30, lr=2e-2, w_kld=5e-2, batch_size=64)
+        assert hist[-1]["loss"] < 0.8 * hist[0]["loss"]
+        out[prior] = landscape_report(model, x, r, spec)
+    act, std = out["activation"], out["standard"]
+    assert act["separation_auc"] > 0.85 and act["latent_mean_high"] > 0 > act["latent_mean_low"]
+    assert act["separation_auc"] > std["separation_auc"] + 0.2  # the standard VAE has no activation axis
+    assert act["recon_r2"] > 0.1
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """Conv image VAEs (activation prior and standard) fit to natural crops scored by the planted target."""
+    from stimopt.natural import natural_crops
+
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("vislens_planted")
+    imgs = natural_crops(256, 16, seed=0)
+    r = PlantedTarget().evaluate(imgs).numpy()
+    paths = {}
+    for prior in ("activation", "standard"):
+        spec = PriorSpec(prior=prior, latent_dim=8, prior_dims=4)
+        spec.fit_normalization(r)
+        model = ConvVAE(16, 8)
+        hist = train_vae(model, imgs, r, spec, epochs=16, lr=3e-3, w_kld=1e-2, batch_size=64)
+        refs = {"images": (imgs[:8] * 255).round().to(torch.uint8), "codes": encode_means(model, imgs[:8]),
+                "responses": torch.from_numpy(r[:8]).float(), "embeddings": None}
+        paths[prior] = tmp / f"{prior}.pt"
+        save_landscape(paths[prior], model, spec, references=refs, history=hist)
+        paths[prior + "_report"] = landscape_report(model, imgs, r, spec)
+        paths[prior + "_hist"] = hist
+    return paths
+
+
+def run_trio(generator, target, optimizer, direction, budget=40, batch=8):
+    """The engine loop as build_run wires it (setup, attach), without a store on disk."""
+    from stimopt.engine import Run
+    from stimopt.store import RunStore
+
+    import tempfile
+    from pathlib import Path
+
+    objective = Objective(direction)
+    optimizer.setup(generator.space, seed=0, budget=budget, batch_size=batch)
+    if optimizer.white_box:
+        optimizer.attach(generator, target, objective)
+    d = Path(tempfile.mkdtemp())
+    run = Run(target=target, generator=generator, optimizer=optimizer, objective=objective, store=RunStore(d / "e.sqlite"),
+              budget=budget, batch_size=batch, run_dir=d)
+    run.run()
+    resp = run.store.responses()
+    run.store.close()
+    return resp
+
+
+def test_image_vae_landscape_trains_and_separates(planted):
+    assert planted["activation_hist"][-1]["loss"] < planted["activation_hist"][0]["loss"]
+    assert planted["activation_report"]["separation_auc"] > 0.9
+    assert planted["activation_report"]["separation_auc"] > planted["standard_report"]["separation_auc"]
+
+
+def test_prior_shift_moves_planted_target_in_the_asked_direction(planted):
+    from stimopt_plugins.vislens import ImageVAEGenerator, PriorShift
+
+    gen = ImageVAEGenerator(str(planted["activation"]), size=16, device="cpu")
+    means = {}
+    for direction in ("max", "min"):
+        opt = PriorShift(alphas=[0.0, 1.0])
+        resp = run_trio(gen, PlantedTarget(), opt, direction, budget=16, batch=8)
+        rep = opt.report()
+        assert rep["direction"] == direction
+        means[direction] = rep["mean_response_by_alpha"]
+        # The first 8 are the references (alpha 0), the next 8 their shifted versions.
+        assert np.allclose(resp[:8].mean(), means[direction]["0"], atol=1e-5)
+    assert means["max"]["1"] > means["max"]["0"] + 0.01
+    assert means["min"]["1"] < means["min"]["0"] - 0.01
+    # A forced direction overrides the run's; a standard-prior landscape has nothing to shift to.
+    forced = PriorShift(alphas=[1.0], direction="min")
+    forced.setup(gen.space, seed=0, budget=8, batch_size=8)
+    forced.attach(gen, PlantedTarget(), Objective("max"))
+    assert forced.sign == -1.0
+    with pytest.raises(StimoptError, match="prior=standard"):
+        PriorShift().setup(ImageVAEGenerator(str(planted["standard"]), size=16, device="cpu").space, seed=0, budget=8, batch_size=8)
+
+
+def test_latent_gradient_respects_kld_weight(planted):
+    from stimopt_plugins.vislens import ImageVAEGenerator, LatentGradient
+
+    gen = ImageVAEGenerator(str(planted["activation"]), size=16, device="cpu")
+    mask = torch.as_tensor(gen.space.landscape.mask) > 0
+    mu_pos = torch.as_tensor(gen.space.landscape.mu_pos)
+    end = {}
+    for w in (0.0, 10.0):
+        opt = LatentGradient(lr=0.1, w_kld=w, sigma_prior=0.1, kld="activation", steps_per_ask=10)
+        resp = run_trio(gen, PlantedTarget(), opt, "max", budget=24, batch=8)
+        z = torch.as_tensor(opt.z)
+        end[w] = {"dist": float((z[:, mask] - mu_pos[mask]).norm(dim=1).mean()), "resp": float(resp[-8:].mean()),
+                  "start": float(resp[:8].mean()), "steps": opt.report()["adam_steps"]}
+    assert end[0.0]["steps"] == 30
+    assert end[0.0]["resp"] > end[0.0]["start"]  # plain ascent climbs
+    assert end[10.0]["dist"] < 0.5 * end[0.0]["dist"]  # a heavy KLD pins the prior dims to mu_pos
+    # The standard-VAE baseline pulls toward 0 instead.
+    opt = LatentGradient(w_kld=10.0, kld="standard", steps_per_ask=10)
+    run_trio(gen, PlantedTarget(), opt, "max", budget=16, batch=8)
+    assert float(torch.as_tensor(opt.z).norm(dim=1).mean()) < float(np.linalg.norm(gen.space.landscape.reference_codes, axis=1).mean())
+
+
+def test_white_box_gradient_ascent_on_fourier_and_cnn_unit(tiny_cnn):
+    from stimopt_plugins.cnn import CNNUnit
+    from stimopt_plugins.image_codes import FourierGenerator
+    from stimopt_plugins.vislens import LatentGradient
+
+    gen = FourierGenerator(size=32, n_freq=4, device="cpu")
+    target = CNNUnit(model=tiny_cnn, layer="conv2", unit=1, input_size=32, device="cpu")
+    with pytest.raises(StimoptError, match="kld=standard or none"):
+        LatentGradient(kld="activation").attach(gen, target, Objective("max"))
+    for direction in ("max", "min"):
+        opt = LatentGradient(lr=0.1, kld="none", steps_per_ask=5, init="random")
+        resp = run_trio(gen, target, opt, direction, budget=24, batch=8)
+        sign = 1 if direction == "max" else -1
+        assert sign * resp[-8:].mean() > sign * resp[:8].mean()
+
+
+def test_black_box_optimizer_searches_vae_latents(planted):
+    from stimopt_plugins.nevergrad import NevergradOptimizer
+    from stimopt_plugins.vislens import ImageVAEGenerator, LatentSpace
+
+    gen = ImageVAEGenerator(str(planted["activation"]), size=16, device="cpu")
+    assert isinstance(gen.space, LatentSpace) and isinstance(gen.space, stimopt.ContinuousSpace)
+    opt = NevergradOptimizer("ParametrizedCMA", {"popsize": 8, "diagonal": True})
+    assert opt.fits(gen.space)
+    resp = run_trio(gen, PlantedTarget(), opt, "max", budget=48, batch=8)
+    assert resp.max() > resp[:8].mean()
+
+
+def test_prior_shift_on_a_non_vae_generator_names_what_fits(compose, tmp_path):
+    from stimopt.experiment import build_run
+
+    cfg = compose(["optimizer=prior_shift", "logger=none", "generator.size=32", "target.model=resnet18",
+                   "target.weights=random", "target.layer=layer2", "target.input_size=32"])
+    with pytest.raises(StimoptError) as exc:
+        build_run(cfg, tmp_path / "run")
+    assert "image_vae" in str(exc.value) and "vislens" in str(exc.value)
+
+
+def test_fit_image_vae_through_stimopt_fit_and_run(tmp_path):
+    from conftest import run_cli
+
+    run_cli(["model=vislens_vae", "model.kind=image", "model.latent_dim=8", "model.image_size=16", "model.target_size=32",
+             "model.n_images=120", "model.epochs=2", "model.lr=1e-3", "model.n_references=4", "model.target.model=resnet18",
+             "model.target.weights=random", "model.target.layer=layer2", "model.target.input_size=32", "device=cpu",
+             f"out={tmp_path / 'fit'}"], cwd=tmp_path, program="stimopt-fit")
+    ck = tmp_path / "fit" / "vislens_vae.pt"
+    assert ck.is_file() and (tmp_path / "fit" / "report.json").is_file()
+    run_cli(["logger=none", "generator=image_vae", f"generator.checkpoint={ck}", "generator.size=32", "optimizer=prior_shift",
+             "budget=8", "batch_size=4", "target.model=resnet18", "target.weights=random", "target.layer=layer2",
+             "target.input_size=32", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert (tmp_path / "run" / "summary.json").is_file()
