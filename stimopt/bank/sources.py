@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tarfile
 import zipfile
 from dataclasses import dataclass
@@ -158,7 +159,8 @@ def read_items(shard: Shard, items: list, size: int) -> tuple[torch.Tensor, list
             images.append(decode(read_bytes(shard, item), size))
             kept.append(pos)
         except Exception as exc:  # corrupt, truncated, unreadable: skipped and listed
-            skipped.append((item_name(shard, item), f"{type(exc).__name__}: {exc}"[:200]))
+            reason = re.sub(r" (at|object at) 0x[0-9a-fA-F]+", "", f"{type(exc).__name__}: {exc}")
+            skipped.append((item_name(shard, item), reason[:200]))
     out = torch.stack(images) if images else torch.zeros(0, 3, size, size)
     return out, kept, skipped
 

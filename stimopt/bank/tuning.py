@@ -1,0 +1,123 @@
+"""Tuning curves along the kNN graph (seed paper, Fig. 6d).
+
+The shortest path in the graph from a run's lowest-scoring image to its best-scoring one: a
+sequence of perceptually neighbouring natural images; the target's response to each, drawn as
+a strip of images over the response curve (``tuning.png``) and a table (``tuning.csv``).
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from stimopt.errors import StimoptError
+
+
+def graph_path(graph: np.ndarray, src: int, dst: int, max_depth: int = 64) -> list[int] | None:
+    """Shortest path src -> dst along the graph's edges (breadth-first, batched per level); None if
+    dst is not reached within ``max_depth`` steps."""
+    n = len(graph)
+    src, dst = int(src), int(dst)
+    if src == dst:
+        return [src]
+    parent = np.full(n, -1, dtype=np.int64)
+    parent[src] = src
+    frontier = np.array([src], dtype=np.int64)
+    for _ in range(max_depth):
+        nbrs = np.asarray(graph[np.sort(frontier)])  # sorted rows: sequential reads of a memmap
+        rows = np.repeat(np.sort(frontier), nbrs.shape[1])
+        nbrs = nbrs.reshape(-1).astype(np.int64)
+        ok = (nbrs >= 0) & (parent[np.clip(nbrs, 0, n - 1)] == -1)
+        nbrs, rows = nbrs[ok], rows[ok]
+        nbrs, first = np.unique(nbrs, return_index=True)
+        parent[nbrs] = rows[first]
+        if parent[dst] != -1:
+            path = [dst]
+            while path[-1] != src:
+                path.append(int(parent[path[-1]]))
+            return path[::-1]
+        if not len(nbrs):
+            return None
+        frontier = nbrs
+    return None
+
+
+def tuning_curve(run_dir: str | Path, max_steps: int = 12, log=None) -> dict:
+    """Evaluate the run's target along the graph path from its worst to its best image; write
+    tuning.png and tuning.csv into the run directory. Returns the table."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from stimopt import plugins
+    from stimopt.experiment import build
+    from stimopt.store import RunStore
+
+    run_dir = Path(run_dir)
+    db = run_dir / "evaluations.sqlite"
+    if not db.exists():
+        raise StimoptError(f"{run_dir} holds no run (no evaluations.sqlite)")
+    store = RunStore(db)
+    cfg = OmegaConf.create(store.meta("config"))
+    codes, responses = store.codes(), store.responses()
+    store.close()
+    if cfg.generator.get("name") != "imagebeagle":
+        raise StimoptError(f"tuning curves need an imagebeagle run; {run_dir} used generator '{cfg.generator.get('name')}'")
+    plugins.load_plugins()
+    generator = build("generator", cfg.generator, device="cpu")
+    ok = np.isfinite(responses)
+    if ok.sum() < 2:
+        raise StimoptError(f"{run_dir} has fewer than 2 scored images")
+    sign = -1.0 if cfg.direction == "min" else 1.0
+    codes, responses = np.asarray(codes).reshape(len(codes), -1)[:, 0].astype(np.int64)[ok], responses[ok]
+    worst, best = int(codes[np.argmin(sign * responses)]), int(codes[np.argmax(sign * responses)])
+    path = graph_path(generator.bank.graph, worst, best)
+    if path is None:
+        raise StimoptError("the run's worst and best images are not connected in the bank's graph within 64 steps")
+    if len(path) > max_steps:  # keep both ends, subsample the middle evenly
+        path = [path[int(round(t))] for t in np.linspace(0, len(path) - 1, max_steps)]
+    target = build("target", cfg.target, device="cpu")
+    with torch.inference_mode():
+        images = generator.generate(np.array(path))
+        resp = np.asarray(torch.as_tensor(target.evaluate(images)).float().cpu()).reshape(len(path), -1)[:, 0]
+    target.close()
+    names = generator.bank.names(path)
+    rows = [{"step": s, "index": i, "name": nm, "response": float(r)} for s, (i, nm, r) in enumerate(zip(path, names, resp))]
+    with open(run_dir / "tuning.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["step", "index", "name", "response"])
+        w.writeheader()
+        w.writerows(rows)
+    _plot(images.permute(0, 2, 3, 1).numpy(), resp, run_dir / "tuning.png", cfg.direction)
+    (run_dir / "tuning.json").write_text(json.dumps(rows, indent=1))
+    return {"rows": rows, "png": str(run_dir / "tuning.png"), "csv": str(run_dir / "tuning.csv")}
+
+
+def _plot(images: np.ndarray, responses: np.ndarray, path: Path, direction: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    fig = plt.figure(figsize=(1.4 * n, 3.4))
+    for s in range(n):
+        ax = fig.add_axes([s / n, 0.55, 1 / n * 0.95, 0.42])
+        ax.imshow(images[s].clip(0, 1))
+        ax.axis("off")
+    ax = fig.add_axes([0.5 / n, 0.12, 1 - 1 / n, 0.38])
+    ax.plot(np.arange(n), responses, "o-", color="tab:orange")
+    ax.set_xlim(-0.5, n - 0.5)
+    ax.set_xticks(range(n))
+    ax.set_xlabel(f"step along the kNN graph (run's worst -> best image, direction={direction})")
+    ax.set_ylabel("response")
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def tuning_main(run_dir: str, max_steps: int = 12, log=None) -> None:
+    result = tuning_curve(run_dir, max_steps, log)
+    print("step  index      response  name")
+    for r in result["rows"]:
+        print(f"{r['step']:>4}  {r['index']:>8}  {r['response']:>10.4g}  {r['name']}")
+    print(f"wrote {result['png']} and {result['csv']}")
