@@ -20,7 +20,7 @@ from stimopt.objective import Objective
 from stimopt.store import RunStore
 
 # Keys that may differ between a run and its resumption.
-RESUME_FREE_KEYS = ("resume", "logger", "budget", "device")
+RESUME_FREE_KEYS = ("resume", "logger", "budget", "device", "store")
 
 
 def component_name(node) -> str:
@@ -115,7 +115,10 @@ def open_store(cfg: DictConfig, run_dir: Path) -> RunStore:
     """The run's store; on resume, the existing one after checking the config is the same."""
     path = run_dir / "evaluations.sqlite"
     existed = path.exists()
-    store = RunStore(path)
+    synchronous = str((cfg.get("store") or {}).get("synchronous", "FULL")).upper()
+    if synchronous not in ("FULL", "NORMAL"):
+        raise StimoptError(f"store.synchronous must be FULL or NORMAL, got '{synchronous}'")
+    store = RunStore(path, synchronous=synchronous)
     current = OmegaConf.to_container(cfg, resolve=True)
     if existed and store.meta("config_hash") is not None:
         if not cfg.resume:
