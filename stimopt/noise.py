@@ -67,7 +67,7 @@ class NoisyTarget(Target):
 
     def __init__(self, inner: Target, noise: str, expected_max_spikes: float = 20.0, repeats: int = 1,
                  noise_sd: float = 0.2, noise_calibration: int = GOOD_STIMULUS_OF, seed: int = 0,
-                 calibration_size: int | None = None, cache: bool = True):
+                 calibration_size: int | None = None, cache: bool = True, good_response: float | None = None):
         if noise not in NOISE_KINDS:
             raise StimoptError(f"target.noise must be one of {', '.join(NOISE_KINDS)} or null, got '{noise}'")
         if int(repeats) < 1:
@@ -87,7 +87,11 @@ class NoisyTarget(Target):
         self.rng = np.random.default_rng([int(seed), 0x5EED])
         self.good_response: float | None = None  # expected best of 2,500 natural images (clean)
         self.scale: float | None = None  # spikes per unit of activation
-        if noise == "poisson":
+        if noise == "poisson" and good_response is not None:  # calibrated by the caller on its own natural set
+            if not float(good_response) > 0:
+                raise StimoptError(f"good_response (the expected best natural response) must be positive, got {good_response}")
+            self.good_response, self.scale = float(good_response), self.expected_max_spikes / float(good_response)
+        elif noise == "poisson":
             self.calibrate(cache=cache)
 
     # -- calibration ----------------------------------------------------------------------------
