@@ -66,6 +66,20 @@ def test_encoder_recovers_the_twin_teacher(tmp_path, one_thread):
     assert report["r2_teacher_median"] >= 0.8, report
     assert report["r2_test_median"] >= 0.75 and len(report["r2_test"]) == 4
     assert len(set(report["alphas"])) >= 1 and report["n_test"] == 50
+    # a new session: the same neurons recorded in another order (+ noise) on shared random images
+    from stimopt_plugins.neural import EncoderTarget
+
+    imgs = torch.rand(80, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    pred = EncoderTarget(tmp_path / "model.pt", device="cpu").predict_all(imgs).double().numpy()
+    order = [2, 0, 3, 1]
+    recorded = pred[:, order] + 0.05 * pred.std(0)[order] * np.random.default_rng(0).standard_normal((80, 4))
+    np.savez(tmp_path / "session.npz", images=imgs.numpy())
+    np.savez(tmp_path / "recorded.npz", responses=recorded)
+    match = run_fit(compose_fit([*TINY, "mode=match", f"checkpoint={tmp_path / 'model.pt'}",
+                                 f"data.images={tmp_path / 'session.npz'}", f"data.responses={tmp_path / 'recorded.npz'}"]),
+                    tmp_path / "match")
+    assert {p["model"]: p["recorded"] for p in match["pairs"]} == {m: j for j, m in enumerate(order)}
+    assert json.loads((tmp_path / "match" / "report.json").read_text())["pairs"][0]["r2"] > 0.9
 
 
 def test_v4_ensemble_recovers_the_twin_teacher_and_becomes_a_target(tmp_path, one_thread):
