@@ -217,6 +217,8 @@ def train_member(feats, y, train, val, m, device, seed: int) -> tuple[nn.Module,
             bad += 1
             if bad >= int(m.patience):
                 break
+    if best_state is None:
+        raise StimoptError("the validation loss was never finite: are the responses all NaN or the images too few?")
     net.load_state_dict(best_state)
     return net.eval(), {"epochs": epoch + 1, "val_loss": best}
 
