@@ -146,3 +146,11 @@ def test_relative_activation_metrics():
     low = reference.relative(-6.0, -natural, n_random=1, direction="min")
     assert low["best_natural"] == -4.0 and low["relative_activation"] == pytest.approx(1.5)
     assert reference.relative(1.0, -natural, n_random=1)["relative_activation"] is None  # no positive natural best
+
+
+def test_callers_calibration_skips_the_natural_images(monkeypatch):
+    monkeypatch.setattr(noise, "natural_responses", lambda *a, **k: pytest.fail("calibration should not run"))
+    nt = noise.NoisyTarget(MeanTarget(), "poisson", expected_max_spikes=10, good_response=2.0)
+    assert nt.scale == 5.0 and nt.good_response == 2.0
+    with pytest.raises(StimoptError, match="good_response"):
+        noise.NoisyTarget(MeanTarget(), "poisson", good_response=0.0)
