@@ -110,5 +110,5 @@ def summarize(run, cfg) -> dict | None:
         out = relative(evolved, natural, run.progress.n_evaluations, run.objective.direction)
         out.update(kind=str(ref.kind), natural_set=what)
         return out
-    except StimoptError as exc:
-        return {"error": str(exc)}
+    except Exception as exc:  # the summary is written in a finally block: never let the reference sink it
+        return {"error": f"{type(exc).__name__}: {exc}" if not isinstance(exc, StimoptError) else str(exc)}

@@ -154,3 +154,34 @@ def test_callers_calibration_skips_the_natural_images(monkeypatch):
     assert nt.scale == 5.0 and nt.good_response == 2.0
     with pytest.raises(StimoptError, match="good_response"):
         noise.NoisyTarget(MeanTarget(), "poisson", good_response=0.0)
+
+
+def test_reference_block_off_by_default_and_errors_do_not_sink_the_summary(tmp_path):
+    from omegaconf import OmegaConf
+
+    from stimopt.objective import Objective
+
+    class FakeRun:
+        objective = Objective("max")
+        target = noise.NoisyTarget(MeanTarget(), "gaussian", seed=0)
+
+        class store:
+            @staticmethod
+            def top(k):
+                return [{"code": np.full(3, 0.5, np.float32)}]
+
+        class generator:
+            @staticmethod
+            def generate(codes):
+                return constant_images(np.asarray(codes)[:, 0])
+
+        class progress:
+            n_evaluations = 40
+
+    assert reference.summarize(FakeRun, OmegaConf.create({"reference": {"kind": None}})) is None
+    bad = reference.summarize(FakeRun, OmegaConf.create({"reference": {"kind": "bank", "path": str(tmp_path), "n": 5}}))
+    assert "error" in bad and str(tmp_path) in bad["error"]
+    ok = reference.summarize(FakeRun, OmegaConf.create({"reference": {"kind": "natural_crops", "n": 30, "size": 16}}))
+    assert ok["best_evolved"] == pytest.approx(5.0)  # the clean response, not a noisy draw
+    assert ok["n_natural"] == 30 and ok["n_random"] == 40
+    assert ok["relative_activation"] == pytest.approx(5.0 / ok["best_natural"])
