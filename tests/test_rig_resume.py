@@ -20,7 +20,7 @@ def test_kill_mid_generation_and_resume(tmp_path):
     rig, run = tmp_path / "rig", tmp_path / "run"
     env = cli_env(OMP_NUM_THREADS="1")
     sim = subprocess.Popen(
-        [str(BIN / "stimopt-rig-sim"), str(rig), "--input-size", "16", "--latency", "1.5", "--drop", "0.1", "--idle-exit", "120"],
+        [str(BIN / "stimopt-rig-sim"), str(rig), "--input-size", "16", "--late", "2", "--late-s", "4", "--drop", "0.1", "--idle-exit", "120"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     args = ["experiment=rig", f"target.rig_dir={rig}", "target.timeout_s=60", "target.presentations=2",
@@ -34,7 +34,7 @@ def test_kill_mid_generation_and_resume(tmp_path):
             assert first.poll() is None, first.communicate()[0]
             assert time.monotonic() < deadline, "stimopt never reached generation 2"
             time.sleep(0.02)
-        first.send_signal(signal.SIGKILL)  # mid-generation 2: published, the lab has not answered yet
+        first.send_signal(signal.SIGKILL)  # mid-generation 2: published, the lab answers it only 4 s later
         first.wait(30)
         store = RunStore(run / "evaluations.sqlite")
         assert store.n_evaluations() == 16  # generations 0 and 1 committed, 2 in flight
