@@ -23,6 +23,7 @@ standard VAE's latent (ridge from L2-normalized latents to responses, shift alon
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -93,8 +94,11 @@ def main():
     ap.add_argument("--w-kld", type=float, default=1e-2)
     ap.add_argument("--prior-dims", type=int, default=32)
     ap.add_argument("--steps", type=int, default=100, help="Adam steps of latent_gradient (paper: 10,000)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
+    log = lambda msg: print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     torch.manual_seed(0)
     target = CNNUnit("efficientnet_lite0", layer="blocks.3", unit=10, input_size=128, device="cpu")
     edited.target = target
@@ -103,11 +107,14 @@ def main():
     small = F.interpolate(crops, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
     x_in = F.interpolate(small, size=(128, 128), mode="bilinear", align_corners=False)  # what the VAE can see
     r_all = target_responses(target, x_in)
+    log("responses done")
     sd = float(r_all[: args.n_train].std())
     tr, te = slice(0, args.n_train), slice(args.n_train, None)
     with tempfile.TemporaryDirectory() as tmp:
         p_struct, h_s, rep_s = fit("activation", small[tr], r_all[tr], args, tmp, small[te])
+        log("structured VAE fit")
         p_std, h_n, rep_n = fit("standard", small[tr], r_all[tr], args, tmp, small[te])
+        log("standard VAE fit")
         g_struct = ImageVAEGenerator(str(p_struct), size=128, device="cpu")
         g_std = ImageVAEGenerator(str(p_std), size=128, device="cpu")
         n, xt, rt = args.n_test, x_in[te], r_all[te]
@@ -122,6 +129,7 @@ def main():
             for name, (gen, opt, k) in methods.items():
                 dr, cos, frac = measure(gen, edited(gen, opt, direction, n, k), xt, rt, target, feats)
                 rows.append((direction, name, cos, dr, dr / sd, frac))
+                log(f"{direction} {name}")
         # Part 2: prior_shift vs BrainACTIV (analogue in the standard VAE latent).
         mu_std = g_std.space.landscape.reference_codes
         train_codes = encode_means(g_std.vae, small[tr])

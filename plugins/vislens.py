@@ -448,26 +448,34 @@ class LatentGradient(stimopt.Optimizer):
 # Fitting: stimopt-fit model=vislens_vae
 # ---------------------------------------------------------------------------------------------
 def load_images(source: str, n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, Path | None]:
-    """(images [n,3,size,size] in [0,1], folder to cache beside or None). ``natural`` = offline photo crops;
-    else a bank source (folder, zip/tar shards, ``demo``) read with stimopt.bank.sources."""
+    """(images [n,3,size,size] in [0,1], folder to cache beside or None).
+
+    ``natural``: offline photo crops; a built bank (a folder with manifest.json, from
+    ``stimopt-bank``): n images drawn without replacement (seeded), cached beside the bank;
+    otherwise a bank source (image folder, zip/tar shards, ``demo``) read with stimopt.bank.sources.
+    """
     if source == "natural":
         from stimopt.natural import natural_crops
 
         return natural_crops(n, size, seed), None
+    path = Path(str(source))
+    if (path / "manifest.json").is_file():
+        from stimopt.bank.bank import load_bank
+
+        bank = load_bank(path)
+        idx = np.sort(np.random.default_rng(seed).choice(bank.size, size=min(n, bank.size), replace=False))
+        return bank.images(idx, size), path
     from stimopt.bank import sources
 
-    shards = sources.plan_shards(str(source))
     out, left = [], n
-    for shard in shards:
-        items = sources.shard_items(shard)[:left]
-        imgs = sources.read_items(shard, items, size)[0]
+    for shard in sources.plan_shards(str(source)):
+        imgs = sources.read_items(shard, sources.shard_items(shard)[:left], size)[0]
         out.append(imgs)
         left -= len(imgs)
         if left <= 0:
             break
     if not out or sum(len(o) for o in out) == 0:
         raise StimoptError(f"no images could be read from {source}")
-    path = Path(str(source))
     return torch.cat(out)[:n], (path if path.is_dir() else path.parent if path.is_file() else None)
 
 

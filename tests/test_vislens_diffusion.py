@@ -15,6 +15,15 @@ from stimopt.errors import StimoptError
 EMB = 32  # tiny CLIP embedding size (ViT-H-14's is 1024)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster single-threaded on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def write_tiny_clip(tmp_path):
     import open_clip
 
@@ -118,8 +127,13 @@ def _generator(world, **kw):
                             device="cpu", **kw)
 
 
-def test_vislens_generator_end_to_end_is_deterministic_and_embedding_driven(tiny_world):
-    gen = _generator(tiny_world)
+@pytest.fixture(scope="module")
+def latent_gen(tiny_world):
+    return _generator(tiny_world)
+
+
+def test_vislens_generator_end_to_end_is_deterministic_and_embedding_driven(latent_gen):
+    gen = latent_gen
     land = gen.space.landscape
     z = np.stack([land.reference_codes[0], land.mu_pos]).astype(np.float32)
     with torch.inference_mode():
@@ -132,7 +146,9 @@ def test_vislens_generator_end_to_end_is_deterministic_and_embedding_driven(tiny
     assert (a[0] - a[1]).abs().mean() > 1e-4
 
 
-def test_vislens_runs_prior_shift_and_brainactiv(tiny_world, tmp_path):
+def test_vislens_runs_prior_shift_and_brainactiv(tiny_world, latent_gen, tmp_path):
+    from stimopt_plugins.vislens import BrainActiv
+
     from stimopt.config import compose
     from stimopt.experiment import run_experiment
 
@@ -149,7 +165,7 @@ def test_vislens_runs_prior_shift_and_brainactiv(tiny_world, tmp_path):
                        tmp_path / "ba", progress=False)
     assert s["n_evaluations"] == 8 and s["optimizer_report"]["direction"] == "min"
     with pytest.raises(StimoptError, match="generator.code=clip"):
-        run_experiment(compose(["generator=vislens", "optimizer=brainactiv", *common]), tmp_path / "bad", progress=False)
+        BrainActiv().setup(latent_gen.space, seed=0, budget=8, batch_size=4)
 
 
 def test_missing_weights_are_one_line_errors(tiny_world, tmp_path):
