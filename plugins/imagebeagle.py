@@ -91,7 +91,7 @@ class Walk(stimopt.Optimizer):
         self.phase, self.current, self.searches, self.scanned = GLOBAL, -1, 0, []
         self.core_pos = [0, 0]                    # coreset number, position in it
         self.credit = 0                           # coreset images prefetched into earlier batches
-        self.counts = {"global_steps": 0, "local_searches": 0, "local_steps": 0, "prefetched": 0, "random": 0}
+        self.counts = {"global_steps": 0, "local_searches": 0, "local_steps": 0, "extra_neighbours": 0, "prefetched": 0, "random": 0}
         self._info: list[dict] = []
         self._pending: list[int] = []
 
@@ -159,6 +159,29 @@ class Walk(stimopt.Optimizer):
         self.scanned = scanned
         return new
 
+    def _fill(self, n: int) -> tuple[list[int], str]:
+        """Room left in a batch while the algorithm waits for its scores. During a local search:
+        the current image's next nearest unevaluated neighbours (beyond K; they join the step's
+        neighbour set). Otherwise, or when its graph row is used up: the upcoming coreset images,
+        taken off the next global step."""
+        if self.phase == STEP and self.current >= 0:
+            row = np.asarray(self.graph[self.current]).tolist()
+            seen = set(self.scanned)
+            extra = []
+            for j in row:
+                if j >= 0 and j not in seen and j not in self.scores:
+                    extra.append(j)
+                    if len(extra) == n:
+                        break
+            if extra:
+                self.scanned = self.scanned + extra
+                self.counts["extra_neighbours"] += len(extra)
+                return extra, "step"
+        extra = self._next_coreset(n)
+        self.credit += len(extra)
+        self.counts["prefetched"] += len(extra)
+        return extra, "prefetch"
+
     def _best_unvisited(self) -> int | None:
         while self.heap:
             _, i = heapq.heappop(self.heap)
@@ -220,14 +243,12 @@ class Walk(stimopt.Optimizer):
                 info.append({"walk": self.phase, "search": self.counts["local_searches"]})
             elif not out:
                 self.queue.extend(self._advance())
-            else:  # the algorithm waits for this batch's scores: fill it with upcoming coreset images
-                extra = self._next_coreset(n - len(out))
+            else:  # the algorithm waits for this batch's scores: fill the batch (see _fill)
+                extra, kind = self._fill(n - len(out))
                 for i in extra:
                     self.scores[i] = np.nan
                 out += extra
-                info += [{"walk": "prefetch"}] * len(extra)
-                self.credit += len(extra)
-                self.counts["prefetched"] += len(extra)
+                info += [{"walk": kind}] * len(extra)
                 if not extra:
                     raise StimoptError("walk: the bank has no unevaluated image left")
         self._info = info

@@ -44,6 +44,15 @@ def graph_path(graph: np.ndarray, src: int, dst: int, max_depth: int = 64) -> li
     return None
 
 
+def noiseless_target(node):
+    """The run's target without its noise wrapper (tuning curves show the true responses)."""
+    from stimopt import noise
+    from stimopt.experiment import build
+
+    target_cfg, _ = noise.split_config(node)
+    return build("target", target_cfg, device="cpu")
+
+
 def tuning_curve(run_dir: str | Path, max_steps: int = 12, log=None) -> dict:
     """Evaluate the run's target along the graph path from its worst to its best image; write
     tuning.png and tuning.csv into the run directory. Returns the table."""
@@ -51,7 +60,7 @@ def tuning_curve(run_dir: str | Path, max_steps: int = 12, log=None) -> dict:
     from omegaconf import OmegaConf
 
     from stimopt import plugins
-    from stimopt.experiment import build
+    from stimopt.experiment import build, seed_everything
     from stimopt.store import RunStore
 
     run_dir = Path(run_dir)
@@ -65,6 +74,7 @@ def tuning_curve(run_dir: str | Path, max_steps: int = 12, log=None) -> dict:
     if cfg.generator.get("name") != "imagebeagle":
         raise StimoptError(f"tuning curves need an imagebeagle run; {run_dir} used generator '{cfg.generator.get('name')}'")
     plugins.load_plugins()
+    seed_everything(int(cfg.seed))  # as build_run does, so randomly initialized targets are the run's
     generator = build("generator", cfg.generator, device="cpu")
     ok = np.isfinite(responses)
     if ok.sum() < 2:
@@ -77,7 +87,7 @@ def tuning_curve(run_dir: str | Path, max_steps: int = 12, log=None) -> dict:
         raise StimoptError("the run's worst and best images are not connected in the bank's graph within 64 steps")
     if len(path) > max_steps:  # keep both ends, subsample the middle evenly
         path = [path[int(round(t))] for t in np.linspace(0, len(path) - 1, max_steps)]
-    target = build("target", cfg.target, device="cpu")
+    target = noiseless_target(cfg.target)
     with torch.inference_mode():
         images = generator.generate(np.array(path))
         resp = np.asarray(torch.as_tensor(target.evaluate(images)).float().cpu()).reshape(len(path), -1)[:, 0]
