@@ -18,6 +18,6 @@ demo: .venv/.installed
 	.venv/bin/stimopt
 
 test: .venv/.installed
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15 --timeout=900
 
 .PHONY: setup demo test
