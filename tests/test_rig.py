@@ -195,3 +195,19 @@ def test_npy_image_format_round_trip(tmp_path):
     assert stored.shape == (3, 16, 16, 3) and stored.dtype == np.uint8
     assert np.abs(stored.astype(float) / 255 - imgs.permute(0, 2, 3, 1).numpy()).max() <= 0.5 / 255 + 1e-6
     assert np.isfinite(r).all()
+
+
+def test_simulated_crash_mid_line_is_a_truncated_file(tmp_path):
+    sim = LabSim(tmp_path, weights="random", input_size=16, truncate={0})
+    th = lab_in_thread(sim)
+    target = RigTarget(tmp_path, timeout_s=1.0, poll_s=0.01)
+    r = target.evaluate(images(4))
+    th.join(5)
+    assert target.last["truncated"] == 1 and target.last["timed_out"] and not target.last["done_line"]
+    assert np.isfinite(r[:3]).all() and np.isnan(r[3])  # the cut trial (the last image) is missing
+
+
+def test_experiment_preset_records_missing_trials_and_goes_on(compose):
+    cfg = compose(["experiment=rig", "target.rig_dir=somewhere"])
+    assert cfg.target.name == "rig" and cfg.on_bad_response == "skip"
+    assert compose(["target=rig"]).on_bad_response == "stop"  # plain target=rig keeps the global default
