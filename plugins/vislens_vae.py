@@ -15,8 +15,9 @@ constrained (sigma -> ``sigma_max``). ``mu_pos = +mu``, ``mu_neg = -mu`` on the 
 first latent dimensions (all by default); the other dimensions keep a standard N(0, I) prior.
 
 The standard VAE (``prior='standard'``) is the baseline: N(0, I) everywhere.
-Loss = ``w_recon * MSE + w_kld * KLD(posterior || prior)`` (KLD summed over latent dims, averaged
-over items). Defaults follow the paper: Adam lr 1e-4, StepLR(10, 0.9), grad clip 1.0, batch 128.
+Loss = ``w_recon * ||x - x_recon||^2 + w_kld * KLD(posterior || prior)`` (squared error summed
+over features, KLD over latent dims, both averaged over items; CLIP embeddings are standardized
+first, images are in [0, 1]). Defaults follow the paper: Adam lr 1e-4, StepLR(10, 0.9), grad clip 1.0, batch 128.
 """
 from __future__ import annotations
 
@@ -177,7 +178,7 @@ def vae_loss(model, x, r, spec: PriorSpec, w_recon: float, w_kld: float, sample:
     z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if sample else mu
     recon = model.decode(z)
     target = x if model.kind == "clip" else F.interpolate(x, size=recon.shape[-2:], mode="bilinear", antialias=True, align_corners=False) if x.shape[-1] != recon.shape[-1] else x
-    mse = F.mse_loss(recon, target, reduction="none").flatten(1).mean(1)
+    mse = F.mse_loss(recon, target, reduction="none").flatten(1).sum(1)  # ||x - x_recon||^2 per item (paper)
     if spec.prior == "standard":
         pm, ps = torch.zeros_like(mu), torch.ones_like(mu)
     else:

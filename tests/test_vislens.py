@@ -50,7 +50,7 @@ def test_linear_vae_training_reduces_loss_and_separates_by_activation_sign():
         spec = PriorSpec(prior=prior, latent_dim=4)
         spec.fit_normalization(r)
         model = LinearVAE(16, 4)
-        hist = train_vae(model, x, r, spec, epochs=30, lr=2e-2, w_kld=5e-2, batch_size=64)
+        hist = train_vae(model, x, r, spec, epochs=30, lr=2e-2, w_recon=1 / 16, w_kld=5e-2, batch_size=64)
         assert hist[-1]["loss"] < 0.8 * hist[0]["loss"]
         out[prior] = landscape_report(model, x, r, spec)
     act, std = out["activation"], out["standard"]
@@ -73,7 +73,7 @@ def planted(tmp_path_factory):
         spec = PriorSpec(prior=prior, latent_dim=8, prior_dims=4)
         spec.fit_normalization(r)
         model = ConvVAE(16, 8)
-        hist = train_vae(model, imgs, r, spec, epochs=16, lr=3e-3, w_kld=1e-2, batch_size=64)
+        hist = train_vae(model, imgs, r, spec, epochs=16, lr=3e-3, w_recon=1 / 768, w_kld=1e-2, batch_size=64)
         refs = {"images": (imgs[:8] * 255).round().to(torch.uint8), "codes": encode_means(model, imgs[:8]),
                 "responses": torch.from_numpy(r[:8]).float(), "embeddings": None}
         paths[prior] = tmp / f"{prior}.pt"
