@@ -88,13 +88,21 @@ def run_fit(cfg, out_dir: str | Path) -> dict:
 
 
 def _task(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)  # = out, or out/<job number> in a sweep
     try:
-        report = run_fit(cfg, Path(str(cfg.out)))
+        report = run_fit(cfg, out_dir)
     except StimoptError as exc:
         print(f"stimopt-fit: error: {exc}", file=sys.stderr)
+        if hc.mode == RunMode.MULTIRUN:  # one bad job must not sink the sweep
+            (out_dir / "error.txt").write_text(str(exc) + "\n")
+            return
         sys.exit(2)
     line = report.get("summary") or ", ".join(f"{k}={v}" for k, v in report.items() if isinstance(v, (int, float, str)))
-    print(f"{line}: {Path(str(cfg.out)) / 'report.json'}")
+    print(f"{line}: {out_dir / 'report.json'}")
 
 
 def main() -> None:
