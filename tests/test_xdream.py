@@ -265,3 +265,25 @@ def test_cli_ga_poisson_genealogy_and_relative_activation(tmp_path):
     assert len(infos) == 20 and all(set(i["parents"]) <= ids for i in infos if i["op"] == "child")
     assert any(i["op"] == "child" for i in infos)
     assert list((tmp_path / "cache" / "noise").glob("*.json"))  # the Poisson calibration was cached
+
+
+def test_resume_with_noise_equals_uninterrupted(tmp_path, monkeypatch, name="ga"):
+    """The GA's state and the noise generator are checkpointed: stop after 60, resume to 100 = one run of 100.
+
+    (NES/FDGD resume is covered by test_state_dict_continues_exactly.)"""
+    from stimopt.config import compose as _compose
+    from stimopt.experiment import run_experiment
+
+    monkeypatch.setenv("STIMOPT_CACHE", str(tmp_path / "cache"))
+    base = [*FAST, f"optimizer={name}", "target.noise=poisson", "target.relu=true", "+target.noise_calibration=60",
+            "target.unit=3", "seed=4", "device=cpu"]
+
+    def responses(run_dir):
+        db = sqlite3.connect(run_dir / "evaluations.sqlite")
+        return np.array([np.nan if r[0] is None else r[0] for r in db.execute("SELECT response FROM evaluations ORDER BY id")])
+
+    run_experiment(_compose([*base, "budget=100"]), tmp_path / "full", observers=[])
+    run_experiment(_compose([*base, "budget=60"]), tmp_path / "resumed", observers=[])
+    run_experiment(_compose([*base, "budget=100", "resume=true"]), tmp_path / "resumed", observers=[])
+    full, resumed = responses(tmp_path / "full"), responses(tmp_path / "resumed")
+    assert len(full) == 100 and np.array_equal(full, resumed)
