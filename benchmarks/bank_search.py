@@ -177,7 +177,12 @@ def main():
     ap.add_argument("--surrogate-options", default="", help='JSON, e.g. {"n_init": 40, "represent": 2}')
     ap.add_argument("--noisy-surrogate-options", default=None, help="JSON options for the noisy runs (default: the same)")
     ap.add_argument("--out", default="outputs/benchmarks/bank_search")
+    ap.add_argument("--summarize", nargs="+", default=None, help="only print the table of these rows.jsonl files")
     args = ap.parse_args()
+    if args.summarize:
+        rows = [json.loads(line) for f in args.summarize for line in Path(f).read_text().splitlines() if line.strip()]
+        print(table(rows, {r["method"]: r["budget"] for r in rows}))
+        return
 
     from stimopt.bank import demo_bank_path, load_bank
 

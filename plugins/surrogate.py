@@ -133,7 +133,7 @@ class SurrogateSearch(stimopt.Optimizer):
         self,
         n_init: int = 40,
         acquisition: str = "thompson",
-        explore: float = 1.0,
+        explore: float = 0.5,
         alpha: float | str = "auto",
         ensemble: int = 0,
         kernel: str = "linear",

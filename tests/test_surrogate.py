@@ -216,7 +216,10 @@ def test_several_layers_and_random_feature_kernel(bank):
             seen += c.tolist()
             opt.tell(c, truth[c])
         assert truth[seen].max() >= np.quantile(truth, 0.999), opts
-        assert opt.report()["heldout_r2"] > 0.3, opts
+        rep = opt.report()
+        assert rep["heldout_r2"] > 0.2, opts  # leave-one-out on the (adaptively chosen) shown images
+        ready = [e["index"] for e in rep["predicted_top_unshown"][:10]]
+        assert truth[ready].mean() > np.quantile(truth, 0.75), opts  # the ready list is good images
 
 
 def test_state_dict_is_compact(bank):
