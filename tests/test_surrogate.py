@@ -269,3 +269,35 @@ def test_unfit_trio_is_refused(compose, tmp_path):
     cfg = compose(["optimizer=surrogate", "generator=fourier", "logger=none"])
     with pytest.raises(StimoptError, match="cannot search generator"):
         build_run(cfg, tmp_path / "x")
+
+
+class PixelNeuron(stimopt.Target):
+    """A linear neuron on the 8x8 downsampled pixels, i.e. on a pixel bank's own features."""
+
+    def __init__(self, seed: int = 0):
+        from stimopt.bank.features import FeatureExtractor, FeatureSpec
+
+        self.fx = FeatureExtractor(FeatureSpec(model="pixels", input_size=8))
+        self.w = np.random.default_rng(seed).standard_normal(3 * 8 * 8)
+
+    def evaluate(self, images):
+        return (self.fx(images) @ self.w).astype(np.float32)
+
+
+def test_real_imagebeagle_bank_end_to_end(tmp_path):
+    """generator=imagebeagle on a real (tiny, pixel-feature) bank: the BankSpace it hands over is all the surrogate uses."""
+    from stimopt.bank import FeatureSpec, build_bank, load_bank
+    from stimopt.config import compose
+    from stimopt.experiment import run_experiment
+
+    out = tmp_path / "bank"
+    build_bank("demo:400", out, features=FeatureSpec(model="pixels", input_size=8), k=10, image_size=32, shard_size=400,
+               n_coresets=2, coreset_size=20)
+    truth = np.asarray(load_bank(out).features, dtype=np.float64) @ PixelNeuron().w
+    for direction, goal in (("max", truth.max()), ("min", truth.min())):
+        cfg = compose(["generator=imagebeagle", f"generator.bank={out}", "optimizer=surrogate", "optimizer.n_init=20",
+                       "~target", f"+target._target_={__name__}.PixelNeuron", "logger=none", "budget=100",
+                       f"direction={direction}"])
+        summary = run_experiment(cfg, tmp_path / direction, observers=[], progress=False)
+        assert summary["best_response"] == pytest.approx(goal, rel=1e-4, abs=1e-4), direction
+        assert summary["optimizer_report"]["heldout_r2"] > 0.9
