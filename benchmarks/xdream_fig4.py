@@ -66,14 +66,17 @@ def run_one(target, generator, optimizer, budget: int, batch: int, seed: int, wo
     return best
 
 
-def layer_responses(unit_target, images, batch: int = 200) -> np.ndarray:
-    """[N, channels]: every channel of the unit's layer at its position (rectified), for the images."""
+def layer_responses(unit_target, params, size: int, batch: int = 200) -> np.ndarray:
+    """[N, channels]: every channel of the unit's layer at its position (rectified), for the crops
+    described by ``params`` (rendered batch by batch, so a large reference set fits in memory)."""
     import torch
+
+    from stimopt.natural import render_crops
 
     out = []
     with torch.inference_mode():
-        for i in range(0, len(images), batch):
-            f = unit_target._features(images[i:i + batch])
+        for i in range(0, len(params), batch):
+            f = unit_target._features(render_crops(params[i:i + batch], size))
             f = f if f.ndim == 2 else f[:, :, unit_target.position[0], unit_target.position[1]]
             out.append(torch.relu(f).double().numpy())
     return np.concatenate(out)
@@ -103,7 +106,7 @@ def main() -> int:
     import torch
 
     from stimopt import plugins
-    from stimopt.natural import natural_crops
+    from stimopt.natural import crop_params
     from stimopt.noise import NoisyTarget, expected_max
     from stimopt_plugins.cnn import CNNUnit
     from stimopt_plugins.image_codes import FourierGenerator
@@ -115,13 +118,12 @@ def main() -> int:
     rng = np.random.default_rng(args.seed)
     generator = FourierGenerator(size=args.size, n_freq=args.n_freq, device="cpu")
     results, t0 = [], time.perf_counter()
-    crops = natural_crops(args.n_natural, args.size, seed=1)  # the reference set, rendered once
-    print(f"[{time.perf_counter() - t0:6.0f}s] rendered {len(crops)} natural crops", flush=True)
+    crops = crop_params(args.n_natural, seed=1)  # the reference set: random crops of the offline photographs
     with tempfile.TemporaryDirectory() as tmp:
         for layer in layers:
             probe = CNNUnit(args.model, layer=layer, unit=0, relu=True, input_size=args.size, device="cpu")
             units = rng.choice(probe.feature_shape[0], size=args.units, replace=False)
-            layer_natural = layer_responses(probe, crops)  # every channel at the centre, one pass
+            layer_natural = layer_responses(probe, crops, args.size)  # every channel at the centre, one pass
             for unit in units.tolist():
                 clean = CNNUnit(args.model, layer=layer, unit=unit, relu=True, input_size=args.size, device="cpu")
                 natural = layer_natural[:, unit]
