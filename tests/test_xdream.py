@@ -287,3 +287,19 @@ def test_resume_with_noise_equals_uninterrupted(tmp_path, monkeypatch, name="ga"
     run_experiment(_compose([*base, "budget=100", "resume=true"]), tmp_path / "resumed", observers=[])
     full, resumed = responses(tmp_path / "full"), responses(tmp_path / "resumed")
     assert len(full) == 100 and np.array_equal(full, resumed)
+
+
+@pytest.mark.parametrize("optimizer", ["ga", "nes", "fdgd"])
+def test_deepsim_config_trio_steps(optimizer, compose, tmp_path):
+    """generator=deepsim (random weights, tests only) composes with each optimizer and runs generations."""
+    from stimopt.experiment import build_run, summarize
+
+    cfg = compose([*FAST, "generator=deepsim", "generator.weights=random", "generator.layer=fc8",
+                   f"optimizer={optimizer}", "budget=40", "device=cpu"])
+    run = build_run(cfg, tmp_path / "run")
+    run.step()
+    run.step()
+    assert run.store.n_evaluations() == 40 and np.isfinite(run.progress.best_response)
+    summary = summarize(run, cfg, 1.0, "finished")
+    assert "RANDOM weights" in summary["generator"] and summary["reference"] is None
+    run.store.close()
