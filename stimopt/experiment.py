@@ -13,7 +13,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from stimopt import plugins
-from stimopt.api import Optimizer
 from stimopt.engine import Run
 from stimopt.errors import StimoptError
 from stimopt.objective import Objective
@@ -68,18 +67,23 @@ def build(kind: str, node: DictConfig, **context):
     return cls(**kwargs)
 
 
-def check_fit(generator, optimizer: Optimizer, gen_name: str, opt_name: str) -> None:
-    """Refuse a trio whose optimizer cannot search the generator's code space, naming what fits."""
-    space = generator.space
-    if optimizer.fits(space):
+def check_fit(space_type: type, accepts: tuple, gen_name: str, opt_name: str, space=None) -> None:
+    """Refuse a trio whose optimizer cannot search the generator's code space, naming what fits.
+
+    Called twice: with the classes' declared ``space_type``/``accepts`` before anything heavy is
+    built (a bank, a model), and with the built generator's actual ``space``.
+    """
+    if (isinstance(space, accepts) if space is not None else issubclass(space_type, accepts)):
         return
     reg = plugins.registry()
-    fitting_opts = sorted(n for n, (cls, _) in reg["optimizer"].items() if isinstance(space, getattr(cls, "accepts", ())))
+    fitting_opts = sorted(
+        n for n, (cls, _) in reg["optimizer"].items() if issubclass(space_type, getattr(cls, "accepts", ()))
+    )
     fitting_gens = sorted(
-        n for n, (cls, _) in reg["generator"].items() if issubclass(getattr(cls, "space_type", object), optimizer.accepts)
+        n for n, (cls, _) in reg["generator"].items() if issubclass(getattr(cls, "space_type", object), accepts)
     )
     raise StimoptError(
-        f"optimizer '{opt_name}' cannot search generator '{gen_name}' ({space.kind} codes); "
+        f"optimizer '{opt_name}' cannot search generator '{gen_name}' ({space_type.kind} codes); "
         f"optimizers that fit '{gen_name}': {', '.join(fitting_opts) or 'none'}; "
         f"generators that fit '{opt_name}': {', '.join(fitting_gens) or 'none'}"
     )
@@ -138,13 +142,15 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
         raise StimoptError(f"budget must be a positive number of evaluations, got {cfg.budget}")
     seed_everything(int(cfg.seed))
     gen_name, opt_name = component_name(cfg.generator), component_name(cfg.optimizer)
-    generator = build("generator", cfg.generator, device=cfg.device)
+    gen_cls, opt_cls = resolve_class("generator", cfg.generator), resolve_class("optimizer", cfg.optimizer)
+    check_fit(gen_cls.space_type, opt_cls.accepts, gen_name, opt_name)  # cheap: before any model or bank loads
     optimizer = build("optimizer", cfg.optimizer)
-    check_fit(generator, optimizer, gen_name, opt_name)
     from stimopt import noise
 
     target_cfg, noise_cfg = noise.split_config(cfg.target)  # noise keys wrap the target (stimopt.noise)
     target = noise.wrap(build("target", target_cfg, device=cfg.device), noise_cfg, seed=int(cfg.seed))
+    generator = build("generator", cfg.generator, device=cfg.device)
+    check_fit(type(generator.space), opt_cls.accepts, gen_name, opt_name, space=generator.space)
     objective = Objective(cfg.direction, **OmegaConf.to_container(cfg.get("objective") or {}, resolve=True))
     run_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(cfg, run_dir)
