@@ -64,15 +64,9 @@ def _task(cfg) -> None:
 
 
 def main() -> None:
-    import hydra
+    from stimopt.config import run_app
 
-    from stimopt.config import install_search_path
-
-    plugins.load_plugins()
-    for name, error in plugins.failed_plugins().items():
-        print(f"stimopt: warning: plugin '{name}' failed to load ({error}); the others work", file=sys.stderr)
-    install_search_path()
-    hydra.main(config_path=None, config_name="config", version_base="1.3")(_task)()
+    run_app("stimopt", "config", _task)
 
 
 def plugins_main(argv=None) -> None:

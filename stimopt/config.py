@@ -27,6 +27,20 @@ def install_search_path() -> None:
         _installed = True
 
 
+def run_app(program: str, config_name: str, task) -> None:
+    """Start a Hydra app of stimopt (``stimopt``, ``stimopt-fit``): load plugins once, warn about the
+    broken ones in one line each, put every plugin's config folder on the search path, run ``task``."""
+    import sys
+
+    import hydra
+
+    plugins.load_plugins()
+    for name, error in plugins.failed_plugins().items():
+        print(f"{program}: warning: plugin '{name}' failed to load ({error}); the others work", file=sys.stderr)
+    install_search_path()
+    hydra.main(config_path=None, config_name=config_name, version_base="1.3")(task)()
+
+
 def compose(overrides: list[str] | None = None, return_hydra_config: bool = False):
     """The composed experiment config, exactly as ``stimopt OVERRIDES`` would see it."""
     from hydra import compose as hydra_compose

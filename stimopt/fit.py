@@ -106,15 +106,9 @@ def _task(cfg) -> None:
 
 
 def main() -> None:
-    import hydra
+    from stimopt.config import run_app
 
-    from stimopt.config import install_search_path
-
-    plugins.load_plugins()
-    for name, error in plugins.failed_plugins().items():
-        print(f"stimopt-fit: warning: plugin '{name}' failed to load ({error}); the others work", file=sys.stderr)
-    install_search_path()
-    hydra.main(config_path=None, config_name="fit", version_base="1.3")(_task)()
+    run_app("stimopt-fit", "fit", _task)
 
 
 def compose_fit(overrides: list[str] | None = None):
