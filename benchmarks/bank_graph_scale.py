@@ -147,7 +147,7 @@ def walk_bench(args) -> None:
         import sys
 
         subprocess.run([sys.executable, "-c", "import sys, numpy as np; from stimopt.bank.coresets import build_coresets; "
-                        "np.save(sys.argv[2], build_coresets(np.load(sys.argv[1], mmap_mode='r'), 10, 10_000))",
+                        "np.save(sys.argv[2], build_coresets(np.load(sys.argv[1], mmap_mode='r'), 10, 10_000, method='graph'))",
                         str(args.graph or folder / "graph.npy"), str(cores_path)], check=True)
     cores = np.load(cores_path, mmap_mode="r")
     cores = tuple(cores[i] for i in range(len(cores)))

@@ -105,7 +105,7 @@ def test_zip_shards_skip_and_list_a_corrupt_image(sources, tmp_path, capsys):
     main(["info", str(tmp_path / "bank")])
     out = capsys.readouterr().out
     assert "40 from zip source" in out and "1 unreadable images: part1.zip:broken.png" in out
-    assert "k=5 (exact)" in out and "coresets    10 x 2" in out
+    assert "k=5 (exact)" in out and "coresets    10 x 2 (kcenter)" in out
 
 
 def test_webdataset_tar_shards_give_the_same_bank_as_the_folder(sources, tmp_path):
@@ -152,14 +152,31 @@ def test_exact_graph_equals_brute_force_and_ivf_reports_its_recall(tmp_path):
     assert not (gi == np.arange(700)[:, None]).any()  # never itself
 
 
-def test_coresets_are_distinct_farthest_neighbour_walks():
+def test_kcenter_coresets_are_greedy_farthest_points_and_cover_every_cluster():
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(12, 8)) * 20
+    x = (centres[rng.integers(0, 12, 600)] + rng.normal(size=(600, 8))).astype(np.float32)
+    cores = build_coresets(None, 3, 40, seed=0, features=x)
+    assert cores.shape == (3, 40) and len({tuple(c) for c in cores.tolist()}) == 3  # different random starts
+    labels = np.argmin(((x[:, None] - centres[None]) ** 2).sum(-1), axis=1)
+    for core in cores:
+        assert len(set(core.tolist())) == 40
+        assert len(set(labels[core[:12]].tolist())) == 12  # the first 12 picks: one per cluster
+        for i in range(1, 40):  # each pick is the image farthest from those chosen before it
+            d = ((x[:, None] - x[core[:i]][None]) ** 2).sum(-1).min(1)
+            assert d[core[i]] >= d.max() * (1 - 1e-4)
+    with pytest.raises(StimoptError, match="needs the bank's features"):
+        build_coresets(None, 1, 5)
+
+
+def test_graph_coresets_are_distinct_farthest_neighbour_walks():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(500, 8)).astype(np.float32)
     import faiss
 
     _, ids = faiss.knn(x, x, 21)
     graph = ids[:, 1:]
-    cores = build_coresets(graph, 4, 60, seed=0)
+    cores = build_coresets(graph, 4, 60, seed=0, method="graph")
     assert cores.shape == (4, 60)
     for core in cores:
         assert len(set(core.tolist())) == 60

@@ -25,7 +25,7 @@ def synthetic_space(n=3000, d=16, k=100, seed=0) -> stimopt.BankSpace:
     x = (centres[rng.integers(0, 30, n)] + rng.normal(size=(n, d))).astype(np.float32)
     _, ids = faiss.knn(x, x, k + 1)
     graph = ids[:, 1:].astype(np.int32)
-    cores = build_coresets(graph, 5, 100, seed=seed)
+    cores = build_coresets(graph, 5, 100, seed=seed, features=x)
     return stimopt.BankSpace(size=n, features=x, graph=graph, coresets=tuple(cores))
 
 
@@ -80,7 +80,7 @@ def manifold_space(n=5000, k=100, seed=0) -> stimopt.BankSpace:
     x = x.astype(np.float32)
     _, ids = faiss.knn(x, x, k + 1)
     graph = ids[:, 1:].astype(np.int32)
-    return stimopt.BankSpace(size=n, features=x, graph=graph, coresets=tuple(build_coresets(graph, 5, 100, seed=seed)))
+    return stimopt.BankSpace(size=n, features=x, graph=graph, coresets=tuple(build_coresets(graph, 5, 100, seed=seed, features=x)))
 
 
 def test_walk_beats_random_search_on_a_smooth_bank_objective():
@@ -132,12 +132,26 @@ def test_walk_rejects_what_it_cannot_do():
     assert not Walk.fits(stimopt.ContinuousSpace(dim=3))
 
 
-def test_graph_path_is_a_shortest_path_along_edges():
+def test_graph_path_follows_knn_relations_and_reaches_an_outlier():
     space = synthetic_space(n=800)
-    path = graph_path(space.graph, 5, 700)
-    assert path[0] == 5 and path[-1] == 700
-    assert all(b in space.graph[a] for a, b in zip(path[:-1], path[1:]))
-    assert 700 not in space.graph[5] or len(path) == 2
+    graph = np.asarray(space.graph)
+    related = lambda a, b: b in graph[a] or a in graph[b]  # noqa: E731
+    undirected = [set(graph[i].tolist()) for i in range(800)]
+    for i in range(800):
+        for j in graph[i].tolist():
+            undirected[j].add(i)
+    hops = {5: 0}
+    frontier = [5]
+    while frontier:  # plain BFS over the undirected relation: the shortest possible path
+        frontier = [j for i in frontier for j in undirected[i] if j not in hops and not hops.setdefault(j, hops[i] + 1) < 0]
+    path = graph_path(graph, 5, 700)
+    assert path[0] == 5 and path[-1] == 700 and len(set(path)) == len(path)
+    assert all(related(a, b) for a, b in zip(path[:-1], path[1:]))
+    assert len(path) - 1 <= hops[700] + 1
+    incoming = np.bincount(graph.reshape(-1), minlength=800)
+    outlier = int(np.argmin(incoming))  # listed by few or no other images: reached through its own edges
+    path = graph_path(graph, 5, outlier)
+    assert path[-1] == outlier and all(related(a, b) for a, b in zip(path[:-1], path[1:]))
 
 
 @pytest.fixture(scope="module")

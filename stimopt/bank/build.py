@@ -28,19 +28,24 @@ READ_CHUNK = 256  # images decoded at a time inside a shard (bounds memory)
 
 def plan_build(source: str, out: str | Path, *, features: FeatureSpec | None = None, k: int = 100, method: str = "auto",
                nprobe: int = 16, pca_dim: int | None = None, n_coresets: int | None = None, coreset_size: int | None = None,
-               image_size: int = 224, shard_size: int = DEFAULT_SHARD_SIZE, seed: int = 0, note: str = "") -> dict:
+               coreset_method: str = "kcenter", image_size: int = 224, shard_size: int = DEFAULT_SHARD_SIZE, seed: int = 0, note: str = "") -> dict:
     """Write plan.json and the shards' item lists (once); a second call checks the options match."""
     out = Path(out)
     features = features or FeatureSpec()
     check_spec(features)
+    from stimopt.bank.coresets import METHODS
+
+    if coreset_method not in METHODS:
+        raise StimoptError(f"coreset method must be one of {', '.join(METHODS)}, got '{coreset_method}'")
     options = {
         "source": str(source), "features": asdict(features), "k": int(k), "method": method, "nprobe": int(nprobe),
         "pca_dim": int(pca_dim) if pca_dim else None, "n_coresets": n_coresets, "coreset_size": coreset_size,
-        "image_size": int(image_size), "shard_size": int(shard_size), "seed": int(seed), "note": note,
+        "coreset_method": coreset_method, "image_size": int(image_size), "shard_size": int(shard_size), "seed": int(seed), "note": note,
     }
     plan_file = out / "plan.json"
     if plan_file.exists():
         plan = mf.read_json(plan_file)
+        plan["options"].setdefault("coreset_method", "graph")  # banks planned before kcenter coresets existed
         if plan["options"] != json.loads(json.dumps(options)):
             diff = [f"{key}: {plan['options'].get(key)!r} -> {options[key]!r}" for key in options
                     if json.dumps(plan["options"].get(key)) != json.dumps(options[key])]
@@ -178,7 +183,8 @@ def finish(bank: str | Path, log=None) -> dict:
     graph = np.load(bank / "graph.npy", mmap_mode="r")
     t = time.perf_counter()
     if not (bank / "coresets.npy").exists():
-        cores = build_coresets(graph, opts["n_coresets"], opts["coreset_size"], seed=opts["seed"])
+        cores = build_coresets(graph, opts["n_coresets"], opts["coreset_size"], seed=opts["seed"], features=vectors,
+                               method=opts.get("coreset_method", "graph"))
         np.save(bank / "coresets.tmp.npy", cores)
         os.replace(bank / "coresets.tmp.npy", bank / "coresets.npy")
     cores = np.load(bank / "coresets.npy", mmap_mode="r")
@@ -190,7 +196,7 @@ def finish(bank: str | Path, log=None) -> dict:
         "version": mf.VERSION, "size": int(offsets[-1]), "source": opts["source"], "source_kind": plan["source_kind"],
         "n_shards": plan["n_shards"], "image_size": opts["image_size"], "features": opts["features"],
         "feature_dim": int(feats.shape[1]), "pca_dim": opts["pca_dim"], "graph": graph_info,
-        "coresets": {"n": int(cores.shape[0]), "size": int(cores.shape[1])},
+        "coresets": {"n": int(cores.shape[0]), "size": int(cores.shape[1]), "method": opts.get("coreset_method", "graph")},
         "skipped": {"count": len(skipped), "items": skipped[:mf.MAX_LISTED_SKIPS]}, "note": opts.get("note", ""),
         "stage_s": {k: round(v, 2) for k, v in times.items()},
     }

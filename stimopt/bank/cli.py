@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--nprobe", type=int, default=16)
     b.add_argument("--coresets", type=_none_or_int, default=None, help="number of coresets (default 10)")
     b.add_argument("--coreset-size", type=_none_or_int, default=None, help="images per coreset (default min(10k, N/20))")
+    b.add_argument("--coreset-method", default="kcenter", choices=["kcenter", "graph"],
+                   help="kcenter: farthest-point greedy on the features (default); graph: the paper's traversal of the kNN graph")
     b.add_argument("--image-size", type=int, default=224, help="size images are decoded to")
     b.add_argument("--shard-size", type=int, default=20_000, help="images per shard for folders and the demo")
     b.add_argument("--seed", type=int, default=0)
@@ -71,7 +73,8 @@ def build_main(args) -> None:
                        seed=args.seed)
     manifest = build_bank(
         args.source, args.out, features=spec, k=args.k, method=args.method, nprobe=args.nprobe, pca_dim=args.pca_dim,
-        n_coresets=args.coresets, coreset_size=args.coreset_size, image_size=args.image_size, shard_size=args.shard_size,
+        n_coresets=args.coresets, coreset_size=args.coreset_size, coreset_method=args.coreset_method,
+        image_size=args.image_size, shard_size=args.shard_size,
         seed=args.seed, launcher=args.launcher, launcher_overrides=args.launcher_override, device=args.device, log=_log,
     )
     print(info_text(manifest, args.out))

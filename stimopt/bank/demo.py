@@ -204,7 +204,7 @@ def demo_options(n: int = DEMO_SIZE) -> dict:
 
 def demo_bank_path(build: bool = True, log=None, n: int = DEMO_SIZE) -> str:
     """The demo bank's folder; built (a few minutes, once) when missing and ``build`` is true."""
-    path = cache_dir() / "banks" / f"demo-v1-{n}"
+    path = cache_dir() / "banks" / f"demo-v2-{n}"
     if (path / "manifest.json").exists():
         return str(path)
     if not build:

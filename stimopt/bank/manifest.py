@@ -67,7 +67,7 @@ def info_text(manifest: dict, path: str | Path) -> str:
     lines += [
         f"graph       k={g['k']} ({g['method']}), recall@10 vs exact = {g['recall_at_10']}"
         + (f" on {g['recall_queries']} queries" if g.get("recall_queries") else ""),
-        f"coresets    {c['n']} x {c['size']}",
+        f"coresets    {c['n']} x {c['size']} ({c.get('method', 'graph')})",
         f"skipped     {sk['count']} unreadable images" + (": " + ", ".join(s[0] for s in sk["items"][:5]) if sk["count"] else ""),
     ]
     if manifest.get("build_s"):

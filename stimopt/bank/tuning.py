@@ -16,32 +16,42 @@ from stimopt.errors import StimoptError
 
 
 def graph_path(graph: np.ndarray, src: int, dst: int, max_depth: int = 64) -> list[int] | None:
-    """Shortest path src -> dst along the graph's edges (breadth-first, batched per level); None if
-    dst is not reached within ``max_depth`` steps."""
+    """Shortest path src -> dst through kNN relations: breadth-first from both ends along the graph's
+    edges (batched per level), meeting in the middle, so the path's second half follows edges
+    backwards (an outlier that is nobody's neighbour is still reached). None if the two searches
+    do not meet within ``max_depth`` steps in all."""
     n = len(graph)
     src, dst = int(src), int(dst)
     if src == dst:
         return [src]
-    parent = np.full(n, -1, dtype=np.int64)
-    parent[src] = src
-    frontier = np.array([src], dtype=np.int64)
-    for _ in range(max_depth):
-        nbrs = np.asarray(graph[np.sort(frontier)])  # sorted rows: sequential reads of a memmap
-        rows = np.repeat(np.sort(frontier), nbrs.shape[1])
+    parents = [np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)]
+    parents[0][src], parents[1][dst] = src, dst
+    frontiers = [np.array([src], dtype=np.int64), np.array([dst], dtype=np.int64)]
+    for depth in range(max_depth):
+        side = depth % 2
+        parent, frontier = parents[side], np.sort(frontiers[side])
+        nbrs = np.asarray(graph[frontier])  # sorted rows: sequential reads of a memmap
+        rows = np.repeat(frontier, nbrs.shape[1])
         nbrs = nbrs.reshape(-1).astype(np.int64)
         ok = (nbrs >= 0) & (parent[np.clip(nbrs, 0, n - 1)] == -1)
-        nbrs, rows = nbrs[ok], rows[ok]
-        nbrs, first = np.unique(nbrs, return_index=True)
-        parent[nbrs] = rows[first]
-        if parent[dst] != -1:
-            path = [dst]
-            while path[-1] != src:
-                path.append(int(parent[path[-1]]))
-            return path[::-1]
+        nbrs, first = np.unique(nbrs[ok], return_index=True)
+        parent[nbrs] = rows[ok][first]
+        met = nbrs[parents[1 - side][nbrs] != -1]
+        if len(met):
+            return _join(parents, int(met[0]), src, dst)
         if not len(nbrs):
             return None
-        frontier = nbrs
+        frontiers[side] = nbrs
     return None
+
+
+def _join(parents, middle: int, src: int, dst: int) -> list[int]:
+    head, tail = [middle], [middle]
+    while head[-1] != src:
+        head.append(int(parents[0][head[-1]]))
+    while tail[-1] != dst:
+        tail.append(int(parents[1][tail[-1]]))
+    return head[::-1] + tail[1:]
 
 
 def noiseless_target(node):
