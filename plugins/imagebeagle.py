@@ -69,7 +69,7 @@ class Walk(stimopt.Optimizer):
 
     accepts = (stimopt.BankSpace,)
 
-    def __init__(self, L: int = 20, K: int = 10, M: int = 5):
+    def __init__(self, L: int = 40, K: int = 10, M: int = 5):
         if min(L, K, M) <= 0:
             raise StimoptError(f"walk needs positive L, K and M, got L={L}, K={K}, M={M}")
         self.L, self.K, self.M = int(L), int(K), int(M)

@@ -4,9 +4,9 @@ Two methods:
 
 - ``kcenter`` (default): greedy farthest-point traversal in feature space (Gonzalez' k-center
   greedy, the coreset of Sener & Savarese 2017, which the paper cites): start at a random image,
-  repeatedly add the image farthest from every image already chosen. Exact on a random sample of
-  at most ``sample`` images per coreset (the whole bank below that), so its cost is
-  size x sample x d per coreset whatever the bank's size.
+  repeatedly add the image farthest from every image already chosen; one coreset per random start.
+  Exact on a random sample of at most ``sample`` images (the whole bank below that), so its cost
+  is size x sample x d multiply-adds per coreset whatever the bank's size.
 - ``graph``: the paper's approximation for banks where only the kNN graph is at hand: start at a
   random image; repeatedly add the farthest of its saved neighbours that is not yet in the coreset
   and move there (when every saved neighbour is taken, jump to a random image not yet in it).
@@ -35,21 +35,24 @@ def default_sizes(n: int, n_coresets: int | None = None, size: int | None = None
     return n_coresets, size
 
 
-def farthest_points(x: np.ndarray, size: int, rng: np.random.Generator, sample: int = DEFAULT_SAMPLE) -> np.ndarray:
-    """One k-center-greedy coreset of ``size`` distinct images (int64 bank indices), in order."""
+def farthest_points(x: np.ndarray, size: int, n_coresets: int, rng: np.random.Generator,
+                    sample: int = DEFAULT_SAMPLE) -> np.ndarray:
+    """[n_coresets, size] k-center-greedy coresets (int64 bank indices, in order), one per random start,
+    grown in lockstep: each step is one matrix product of the sample with the newest members."""
     n = len(x)
-    sample = max(int(sample), 2 * size)
+    sample = max(int(sample), 2 * size, n_coresets)
     rows = np.arange(n) if n <= sample else np.sort(rng.choice(n, size=sample, replace=False))
     xs = np.ascontiguousarray(x[rows], dtype=np.float32)
     sq = np.einsum("ij,ij->i", xs, xs)
-    nearest = np.full(len(rows), np.inf, dtype=np.float32)  # squared distance to the chosen set
-    out = np.empty(size, dtype=np.int64)
-    current = int(rng.integers(len(rows)))
+    nearest = np.full((n_coresets, len(rows)), np.inf, dtype=np.float32)  # squared distance to each coreset
+    out = np.empty((n_coresets, size), dtype=np.int64)
+    every = np.arange(n_coresets)
+    current = rng.choice(len(rows), size=n_coresets, replace=False)
     for i in range(size):
-        out[i] = rows[current]
-        np.minimum(nearest, sq - 2.0 * (xs @ xs[current]) + sq[current], out=nearest)
-        nearest[current] = -np.inf  # chosen: never again (rounding could leave it slightly above 0)
-        current = int(np.argmax(nearest))
+        out[:, i] = rows[current]
+        np.minimum(nearest, sq[None, :] - 2.0 * (xs[current] @ xs.T) + sq[current, None], out=nearest)
+        nearest[every, current] = -np.inf  # chosen: never again (rounding could leave it slightly above 0)
+        current = nearest.argmax(axis=1)
     return out
 
 
@@ -85,5 +88,5 @@ def build_coresets(graph: np.ndarray | None, n_coresets: int | None = None, size
     n_coresets, size = default_sizes(len(source), n_coresets, size)
     rng = np.random.default_rng(seed)
     if method == "kcenter":
-        return np.stack([farthest_points(features, size, rng, sample) for _ in range(n_coresets)])
+        return farthest_points(features, size, n_coresets, rng, sample)
     return np.stack([traverse(graph, size, rng) for _ in range(n_coresets)])
