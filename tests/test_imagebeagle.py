@@ -91,7 +91,7 @@ def test_walk_beats_random_search_on_a_smooth_bank_objective():
         goal = space.features[rng.integers(space.size)]
         score = lambda c: -np.linalg.norm(space.features[c] - goal, axis=1)  # noqa: E731
         top = np.sort(score(np.arange(space.size)))[-5]  # the bank's top 0.1%
-        for opt, hits in ((Walk(L=20, K=20, M=5), hits_walk), (RandomSearch(), hits_random)):
+        for opt, hits in ((Walk(), hits_walk), (RandomSearch(), hits_random)):
             asked = drive(opt, space, score, budget=1500, batch=20, seed=unit)
             reached = np.flatnonzero(score(asked) >= top)
             hits.append(reached[0] + 1 if len(reached) else 1501)
