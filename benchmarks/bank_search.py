@@ -80,19 +80,21 @@ def poisson_rate(a: np.ndarray, peak: float) -> np.ndarray:
     return peak * (a - low) / max(good - low, 1e-12)
 
 
+def optimizer_config(method: str, options: str = ""):
+    """The optimizer's config exactly as ``stimopt optimizer=METHOD`` composes it (conf/optimizer/METHOD.yaml,
+    so the walk and the surrogate run with their current defaults), with the JSON ``options`` merged in."""
+    from omegaconf import OmegaConf
+
+    from stimopt.config import compose
+
+    node = OmegaConf.to_container(compose([f"optimizer={method}"]).optimizer, resolve=True)
+    return OmegaConf.create({**node, **(json.loads(options) if options else {})})
+
+
 def make_optimizer(method: str, args):
-    if method == "random":
-        from stimopt_plugins.random_search import RandomSearch
+    from stimopt.experiment import build
 
-        return RandomSearch()
-    if method == "walk":
-        from stimopt_plugins.imagebeagle import Walk
-
-        return Walk(L=args.walk_L, K=args.walk_K, M=args.walk_M)
-    from stimopt_plugins.surrogate import SurrogateSearch
-
-    opts = json.loads(args.surrogate_options) if args.surrogate_options else {}
-    return SurrogateSearch(**opts)
+    return build("optimizer", args.configs[method])
 
 
 def simulate(method, space, truth_score, observe, budget, batch, seed, args):
@@ -171,9 +173,7 @@ def main():
     ap.add_argument("--baseline-budget", type=int, default=3000, help="evaluations for random and walk (cheap)")
     ap.add_argument("--batch", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--walk-L", type=int, default=20)
-    ap.add_argument("--walk-K", type=int, default=20)
-    ap.add_argument("--walk-M", type=int, default=5)
+    ap.add_argument("--walk-options", default="", help='JSON over conf/optimizer/walk.yaml, e.g. {"L": 20, "K": 20, "M": 5}')
     ap.add_argument("--surrogate-options", default="", help='JSON, e.g. {"n_init": 40, "represent": 2}')
     ap.add_argument("--noisy-surrogate-options", default=None, help="JSON options for the noisy runs (default: the same)")
     ap.add_argument("--out", default="outputs/benchmarks/bank_search")
@@ -202,10 +202,13 @@ def main():
     rows_path.unlink(missing_ok=True)
     rows = []
     base_opts = args.surrogate_options
+    args.configs = {m: optimizer_config(m, args.walk_options if m == "walk" else "") for m in budgets}
+    noisy_opts = base_opts if args.noisy_surrogate_options is None else args.noisy_surrogate_options
+    surrogate_configs = {False: optimizer_config("surrogate", base_opts), True: optimizer_config("surrogate", noisy_opts)}
     t0 = time.perf_counter()
     for noise in args.noise.split(","):
         peak = float(noise.replace("poisson", "")) if noise.startswith("poisson") else 0.0
-        args.surrogate_options = (args.noisy_surrogate_options if peak and args.noisy_surrogate_options is not None else base_opts)
+        args.configs["surrogate"] = surrogate_configs[bool(peak)]
         for g in groups:
             for u in range(resp[g].shape[1]):
                 a = resp[g][:, u]
@@ -230,10 +233,13 @@ def main():
                             fh.write(json.dumps(row) + "\n")
                 print(f"  {noise} {g} unit {u + 1}/{resp[g].shape[1]} done ({time.perf_counter() - t0:.0f} s)", flush=True)
     text = table(rows, budgets)
+    def shown_cfg(c):
+        return {k: v for k, v in c.items() if k != "name"}
+
     setup = (f"bank {bank.path.name} ({bank.size} images, features {space.features.shape[1]}-d), {args.units} units per group, "
-             f"directions {args.directions}, batch {args.batch}, budgets {budgets}, walk L={args.walk_L} K={args.walk_K} "
-             f"M={args.walk_M}, surrogate options {base_opts or '{}'}"
-             + (f" (noisy runs: {args.noisy_surrogate_options})" if args.noisy_surrogate_options is not None else ""))
+             f"directions {args.directions}, batch {args.batch}, budgets {budgets}, "
+             f"walk {shown_cfg(optimizer_config('walk', args.walk_options))}, surrogate {shown_cfg(surrogate_configs[False])}"
+             + (f" (noisy runs: {shown_cfg(surrogate_configs[True])})" if noisy_opts != base_opts else ""))
     print(setup)
     print(text)
     (out / "table.md").write_text(setup + "\n\n" + text + "\n")

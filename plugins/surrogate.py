@@ -140,6 +140,9 @@ class SurrogateSearch(stimopt.Optimizer):
         n_random_features: int = 1024,
         layers: list[str] | None = None,
         coreset_fraction: float = 0.0,
+        neighbours: float = 0.0,
+        neighbour_sources: int = 10,
+        anneal: float = 0.0,
         represent: int = 0,
         max_presentations: int = 4,
         evidence: float = 2.0,
@@ -159,12 +162,17 @@ class SurrogateSearch(stimopt.Optimizer):
             raise StimoptError(f"optimizer.n_init must be at least 2 (the model needs data to start), got {n_init}")
         if not 0.0 <= coreset_fraction <= 1.0:
             raise StimoptError(f"optimizer.coreset_fraction must be in [0, 1], got {coreset_fraction}")
+        if not 0.0 <= neighbours <= 1.0 or neighbour_sources < 1:
+            raise StimoptError(f"optimizer.neighbours must be in [0, 1] and neighbour_sources >= 1, got {neighbours}, {neighbour_sources}")
+        if not 0.0 <= anneal <= 1.0:
+            raise StimoptError(f"optimizer.anneal must be in [0, 1], got {anneal}")
         if represent < 0 or max_presentations < 1 or ensemble < 0 or ensemble == 1:
             raise StimoptError("optimizer.represent >= 0, max_presentations >= 1 and ensemble = 0 or >= 2 are required")
         self.n_init, self.acquisition, self.explore = int(n_init), acquisition, float(explore)
         self.alpha, self.ensemble, self.kernel = alpha, int(ensemble), kernel
         self.n_random_features, self.layers = int(n_random_features), list(layers) if layers else ["features"]
         self.coreset_fraction, self.represent = float(coreset_fraction), int(represent)
+        self.neighbours, self.neighbour_sources, self.anneal = float(neighbours), int(neighbour_sources), float(anneal)
         self.max_presentations, self.evidence = int(max_presentations), float(evidence)
         self.retry_missing, self.chunk_size = int(retry_missing), int(chunk_size)
         self.n_report, self.n_standardize = int(n_report), int(n_standardize)
@@ -181,6 +189,8 @@ class SurrogateSearch(stimopt.Optimizer):
                 f"budget {budget} exceeds the bank's {space.size} images and surrogate never shows an image twice; "
                 "lower the budget or set optimizer.represent > 0"
             )
+        if self.neighbours and space.graph is None:
+            raise StimoptError("optimizer.neighbours > 0 needs the bank's kNN graph, which this bank does not have; set optimizer.neighbours=0")
         self.mu, self.sd = _standardizer(self.arrays, self.n_standardize)
         p = self.mu.size
         if self.kernel == "rff":
@@ -261,7 +271,7 @@ class SurrogateSearch(stimopt.Optimizer):
                 b = self.rng.integers(0, len(y), size=len(y))
                 draws.append(fit_ridge(x[b], y[b], counts[b], np.array([fit["alpha"]]))["beta"])
             d = np.stack(draws, 1)
-            d = beta[:, None] + self.explore * (d - d.mean(1, keepdims=True))
+            d = beta[:, None] + self._explore_scale() * (d - d.mean(1, keepdims=True))
             reps = -(-n_draws // d.shape[1])
             return np.concatenate([beta[:, None], np.tile(d, reps)[:, :n_draws]], 1)
         v, s2, a = fit["v"], fit["s2"], fit["alpha"]
@@ -269,7 +279,7 @@ class SurrogateSearch(stimopt.Optimizer):
         z1 = self.rng.standard_normal((v.shape[1], n_draws))
         z2 = self.rng.standard_normal((p, n_draws))
         null = (z2 - v @ (v.T @ z2)) / math.sqrt(a)
-        d = beta[:, None] + self.explore * fit["sigma"] * (v @ (z1 / np.sqrt(s2 + a)[:, None]) + null)
+        d = beta[:, None] + self._explore_scale() * fit["sigma"] * (v @ (z1 / np.sqrt(s2 + a)[:, None]) + null)
         return np.concatenate([beta[:, None], d], 1)
 
     def _scan(self, dirs: np.ndarray, intercept: float, m: int, exclude: np.ndarray, reduce=None):
@@ -358,6 +368,23 @@ class SurrogateSearch(stimopt.Optimizer):
         weak = (counts[pool] < self.max_presentations) & (means[pool] - ref < self.evidence * se)
         return [self.items[j] for j in pool[weak][:k]]
 
+    def _neighbour_picks(self, fit, n: int, exclude: np.ndarray) -> np.ndarray:
+        """Up to n unshown kNN-graph neighbours of the best images shown so far, best predicted first."""
+        means = np.asarray(self.sums) / np.asarray(self.counts)
+        best = np.asarray(self.items)[np.argsort(-means, kind="stable")[: self.neighbour_sources]]
+        cand = np.unique(np.asarray(self.space.graph[np.sort(best)]).ravel())
+        cand = cand[(cand >= 0) & (cand < self.space.size)]
+        cand = cand[~exclude[cand]]
+        if cand.size == 0:
+            return cand
+        pred = self._rows(cand) @ fit["beta"] + fit["intercept"]
+        return cand[np.argsort(-pred, kind="stable")[:n]]
+
+    def _explore_scale(self) -> float:
+        """``explore``, shrunk linearly by up to ``anneal`` as the budget is used (exploitation late)."""
+        used = min(1.0, sum(self.counts) / max(self.budget, 1))
+        return self.explore * (1.0 - self.anneal * used)
+
     def ask(self, n):
         with _blas_threads(self.blas_threads):
             return self._ask(n)
@@ -392,6 +419,12 @@ class SurrogateSearch(stimopt.Optimizer):
                     picks += top.tolist()
                     info += [{"why": "coreset", "predicted": float(v)} for v in np.sort(pred)[::-1][: len(top)]]
                     exclude[top] = True
+            n_nb = min(int(round(self.neighbours * n)), n - len(picks))
+            if n_nb:
+                top = self._neighbour_picks(fit, n_nb, exclude)
+                picks += top.tolist()
+                info += [{"why": "neighbour"}] * len(top)
+                exclude[top] = True
             slots = n - len(picks)
             if slots:
                 picks_new, info_new = self._acquire(fit, x, y, counts, slots, exclude)
