@@ -152,6 +152,32 @@ def test_exact_graph_equals_brute_force_and_ivf_reports_its_recall(tmp_path):
     assert not (gi == np.arange(700)[:, None]).any()  # never itself
 
 
+def test_graph_blocks_resume_and_can_run_elsewhere(tmp_path):
+    """A build stopped after some blocks continues with the missing ones only; blocks handed to
+    ``run_blocks`` (a multirun in a bank build) give the same graph as computing them in place."""
+    from stimopt.bank.graph import parts_dir, search_blocks
+
+    x = np.random.default_rng(4).normal(size=(900, 12)).astype(np.float32)
+    blocks = [(0, 250), (250, 500), (500, 900)]
+    whole = build_graph(x, 10, tmp_path / "whole.npy", method="ivf", nprobe=4, blocks=blocks)
+    out = tmp_path / "g.npy"
+    calls = []
+
+    def stop_after_one(todo):  # a job that dies after its first block
+        calls.append(list(todo))
+        search_blocks(x, 10, "ivf", parts_dir(out), {todo[0]: blocks[todo[0]]}, nprobe=4)
+
+    with pytest.raises(StimoptError, match=r"graph blocks \[1, 2\] did not finish"):
+        build_graph(x, 10, out, method="ivf", nprobe=4, blocks=blocks, run_blocks=stop_after_one)
+    assert (parts_dir(out) / "index.faiss").exists() and not out.exists()
+    with pytest.raises(StimoptError, match=r"graph blocks \[2\] did not finish"):
+        build_graph(x, 10, out, method="ivf", nprobe=4, blocks=blocks, run_blocks=stop_after_one)
+    assert calls == [[0, 1, 2], [1, 2]]  # each run asks only for the missing blocks
+    info = build_graph(x, 10, out, method="ivf", nprobe=4, blocks=blocks)  # the rest, in this process
+    assert not parts_dir(out).exists() and info == whole
+    assert np.array_equal(np.load(out), np.load(tmp_path / "whole.npy"))
+
+
 def test_kcenter_coresets_are_greedy_farthest_points_and_cover_every_cluster():
     rng = np.random.default_rng(3)
     centres = rng.normal(size=(12, 8)) * 20
@@ -230,8 +256,9 @@ def test_multirun_build_equals_single_process_build(tmp_path, sources):
     proc = run_cli([*common, str(tmp_path / "multi"), "--launcher", "joblib", "--launcher-override", "hydra.launcher.n_jobs=2"],
                    cwd=tmp_path, program="stimopt-bank")
     assert "40 from zip source (2 shards)" in proc.stdout
-    jobs = sorted((tmp_path / "multi" / "hydra" / "sweep").glob("*/.hydra/overrides.yaml"))
-    assert len(jobs) == 2  # one Hydra job per shard
+    for stage in ("features", "graph"):  # one Hydra job per shard, for each stage
+        jobs = sorted((tmp_path / "multi" / "hydra" / stage).glob("*/.hydra/overrides.yaml"))
+        assert len(jobs) == 2 and f"stage={stage}" in jobs[0].read_text()
     a, b = load_bank(tmp_path / "single"), load_bank(tmp_path / "multi")
     for name in ("features.npy", "graph.npy", "coresets.npy", "offsets.npy"):
         assert np.array_equal(np.load(a.path / name), np.load(b.path / name)), name

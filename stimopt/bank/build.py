@@ -94,20 +94,25 @@ def compute_shard(bank: str | Path, s: int, device: str = "cpu", extractor: Feat
     return True
 
 
-def run_shards_multirun(bank: Path, n_shards: int, launcher: str, overrides: list[str] | None = None) -> None:
-    """One Hydra multirun job per unfinished shard, through ``hydra/launcher=<launcher>``."""
-    todo = [s for s in range(n_shards) if not mf.shard_dir(bank, s).exists()]
+def run_shards_multirun(bank: Path, n_shards: int, launcher: str, overrides: list[str] | None = None,
+                        stage: str = "features", todo: list[int] | None = None) -> None:
+    """One Hydra multirun job per unfinished shard of a stage (features, graph), through ``hydra/launcher=<launcher>``."""
+    from stimopt.bank.graph import part_path, parts_dir
+
+    done = (lambda s: mf.shard_dir(bank, s).exists()) if stage == "features" else (
+        lambda s: part_path(parts_dir(bank / "graph.npy"), s).exists())
+    todo = [s for s in (range(n_shards) if todo is None else todo) if not done(s)]
     if not todo:
         return
-    cmd = [sys.executable, "-m", "stimopt.bank.cli", "shard", "-m", f"bank={bank.resolve()}",
+    cmd = [sys.executable, "-m", "stimopt.bank.cli", "shard", "-m", f"bank={bank.resolve()}", f"stage={stage}",
            f"shard={','.join(map(str, todo))}", f"hydra/launcher={launcher}", *(overrides or [])]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise StimoptError(f"the {launcher} multirun of shard jobs failed: {' | '.join(tail)}")
-    missing = [s for s in todo if not mf.shard_dir(bank, s).exists()]
+        raise StimoptError(f"the {launcher} multirun of {stage} shard jobs failed: {' | '.join(tail)}")
+    missing = [s for s in todo if not done(s)]
     if missing:
-        raise StimoptError(f"shard jobs {missing} did not finish; run the build again to continue")
+        raise StimoptError(f"{stage} shard jobs {missing} did not finish; run the build again to continue")
 
 
 def merge(bank: Path, plan: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -153,8 +158,34 @@ def apply_pca(bank: Path, feats: np.ndarray, dim: int, seed: int) -> np.ndarray:
     return np.load(out, mmap_mode="r")
 
 
-def finish(bank: str | Path, log=None) -> dict:
-    """Merge, PCA, graph, coresets and manifest (each stage skipped when already done)."""
+def graph_vectors(bank: Path, plan: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The vectors the graph is built on (features, or their PCA) and the shard offsets."""
+    feats, offsets = merge(bank, plan)
+    opts = plan["options"]
+    return (apply_pca(bank, feats, opts["pca_dim"], opts["seed"]) if opts["pca_dim"] else feats), offsets
+
+
+def compute_graph_shard(bank: str | Path, s: int) -> bool:
+    """Graph stage, one job: the neighbours of shard ``s``'s images (False when already done)."""
+    from stimopt.bank.graph import choose_method, parts_dir, search_blocks
+
+    bank = Path(bank)
+    plan = mf.read_json(bank / "plan.json")
+    if not 0 <= s < plan["n_shards"]:
+        raise StimoptError(f"shard {s} does not exist: {bank} has shards 0..{plan['n_shards'] - 1}")
+    opts = plan["options"]
+    vectors, offsets = graph_vectors(bank, plan)
+    method = choose_method(*vectors.shape, opts["method"])
+    parts = parts_dir(bank / "graph.npy")
+    if method != "exact" and not (parts / "index.faiss").exists():
+        raise StimoptError(f"graph job for shard {s}: {parts / 'index.faiss'} is missing; run `stimopt-bank build` to prepare it")
+    block = {s: (int(offsets[s]), int(offsets[s + 1]))}
+    return search_blocks(vectors, opts["k"], method, parts, block, opts["nprobe"]) > 0
+
+
+def finish(bank: str | Path, log=None, launcher: str | None = None, launcher_overrides: list[str] | None = None) -> dict:
+    """Merge, PCA, graph, coresets and manifest (each stage skipped when already done). The graph is
+    searched shard by shard (one block of query rows per feature shard), as multirun jobs with a launcher."""
     from stimopt.bank.coresets import build_coresets
     from stimopt.bank.graph import build_graph
 
@@ -165,10 +196,9 @@ def finish(bank: str | Path, log=None) -> dict:
     t = time.perf_counter()
     feats, offsets = merge(bank, plan)
     times["merge"] = time.perf_counter() - t
-    vectors = feats
+    t = time.perf_counter()
+    vectors, _ = graph_vectors(bank, plan)
     if opts["pca_dim"]:
-        t = time.perf_counter()
-        vectors = apply_pca(bank, feats, opts["pca_dim"], opts["seed"])
         times["pca"] = time.perf_counter() - t
     graph_info_file = bank / "graph.json"
     t = time.perf_counter()
@@ -176,8 +206,14 @@ def finish(bank: str | Path, log=None) -> dict:
         graph_info = mf.read_json(graph_info_file)
     else:
         if log:
-            log(f"kNN graph of {len(vectors):,} x {vectors.shape[1]} (k={opts['k']})")
-        graph_info = build_graph(np.asarray(vectors), opts["k"], bank / "graph.npy", opts["method"], opts["nprobe"], seed=opts["seed"])
+            log(f"kNN graph of {len(vectors):,} x {vectors.shape[1]} (k={opts['k']}), {plan['n_shards']} blocks")
+        blocks = [(int(offsets[s]), int(offsets[s + 1])) for s in range(plan["n_shards"])]
+        run_blocks = None
+        if launcher:
+            def run_blocks(todo):
+                run_shards_multirun(bank, plan["n_shards"], launcher, launcher_overrides, stage="graph", todo=todo)
+        graph_info = build_graph(np.asarray(vectors), opts["k"], bank / "graph.npy", opts["method"], opts["nprobe"],
+                                 seed=opts["seed"], blocks=blocks, run_blocks=run_blocks)
         mf.write_json(graph_info_file, graph_info)
     times["graph"] = time.perf_counter() - t
     graph = np.load(bank / "graph.npy", mmap_mode="r")
@@ -226,7 +262,7 @@ def build_bank(source: str, out: str | Path, *, launcher: str | None = None, lau
                 log(f"shard {s + 1}/{plan['n_shards']}")
             compute_shard(out, s, device, extractor)
     shards_s = time.perf_counter() - t
-    manifest = finish(out, log)
+    manifest = finish(out, log, launcher, launcher_overrides)
     manifest["stage_s"] = {"shards": round(shards_s, 2), **manifest["stage_s"]}
     manifest["build_s"] = round(time.perf_counter() - t0, 2)
     mf.write_json(out / "manifest.json", manifest)

@@ -81,7 +81,7 @@ def build_main(args) -> None:
 
 
 def shard_main(argv: list[str]) -> None:
-    """The Hydra app behind the multirun: one job computes one shard."""
+    """The Hydra app behind the multiruns: one job computes one shard of one stage (features or graph)."""
     import hydra
 
     import stimopt_conf
@@ -89,11 +89,16 @@ def shard_main(argv: list[str]) -> None:
     conf = str(Path(stimopt_conf.__file__).parent / "bank")
 
     def task(cfg) -> None:
-        from stimopt.bank.build import compute_shard
+        from stimopt.bank.build import compute_graph_shard, compute_shard
 
+        if cfg.stage not in ("features", "graph"):
+            raise StimoptError(f"stage must be features or graph, got '{cfg.stage}'")
         t = time.perf_counter()
-        done = compute_shard(cfg.bank, int(cfg.shard), str(cfg.device))
-        _log(f"shard {cfg.shard}: {'computed' if done else 'already done'} in {time.perf_counter() - t:.1f} s")
+        if cfg.stage == "features":
+            done = compute_shard(cfg.bank, int(cfg.shard), str(cfg.device))
+        else:
+            done = compute_graph_shard(cfg.bank, int(cfg.shard))
+        _log(f"{cfg.stage} shard {cfg.shard}: {'computed' if done else 'already done'} in {time.perf_counter() - t:.1f} s")
 
     sys.argv = [sys.argv[0], *argv]
     hydra.main(config_path=conf, config_name="shard", version_base="1.3")(task)()

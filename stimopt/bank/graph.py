@@ -1,17 +1,22 @@
 """The kNN graph with faiss: ``graph[i]`` = the k nearest other images of image i (L2), nearest first.
 
-- ``exact``: blocked brute force (``faiss.knn``), query block by query block straight into a
-  memory-mapped int32 array; a progress file makes a killed build continue at the next block.
+- ``exact``: brute force (``faiss.knn``) of each block of query rows against the whole bank.
 - ``ivf``: IVF-Flat (nlist ~ 4 sqrt(N), trained on a sample), searched with ``nprobe`` lists.
 - ``hnsw``: HNSW-Flat (M=32), ``ef_search`` >= k.
 - ``auto``: exact while N^2 d stays under ~3e12 multiply-adds (a few minutes on 2 cores), else ivf.
 
-Approximate graphs are checked against exact search on a sample of queries (recall@10).
+The search runs block by block (a bank build uses its feature shards as the blocks): the trained
+index is written once to ``OUT.parts/index.faiss``, each block's neighbours to
+``OUT.parts/NNNNN.npy`` (atomically), so a killed build continues at the first missing block and
+the blocks can run as separate jobs (``run_blocks``: a Hydra multirun in a bank build). The
+blocks are then assembled into ``OUT``. Approximate graphs are checked against exact search on a
+sample of queries (recall@10).
 """
 from __future__ import annotations
 
 import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -45,54 +50,65 @@ def drop_self(ids: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
     return ids[keep].reshape(len(ids), k)
 
 
-def exact_block(x: np.ndarray, start: int, stop: int, k: int) -> np.ndarray:
-    _, ids = _faiss().knn(np.ascontiguousarray(x[start:stop], dtype=np.float32), x, k + 1)
-    return drop_self(ids, np.arange(start, stop), k)
+DEFAULT_BLOCK = 4096
 
 
-def build_exact(x: np.ndarray, k: int, out: Path, block: int = 4096) -> np.ndarray:
-    """Blocked exact kNN into ``out`` (memmap); resumes after the last finished block."""
-    n = len(x)
-    progress = Path(str(out) + ".progress")
-    done = int(progress.read_text()) if progress.exists() and out.exists() else 0
-    mode = "r+" if done else "w+"
-    graph = np.lib.format.open_memmap(out, mode=mode, dtype=np.int32, shape=(n, k))
-    xs = np.ascontiguousarray(x, dtype=np.float32)
-    for start in range(done, n, block):
-        stop = min(start + block, n)
-        graph[start:stop] = exact_block(xs, start, stop, k)
-        graph.flush()
-        _atomic_write(progress, str(stop))
-    progress.unlink(missing_ok=True)
-    return graph
+def parts_dir(out: Path) -> Path:
+    return Path(str(out) + ".parts")
 
 
-def build_approximate(x: np.ndarray, k: int, out: Path, method: str, nprobe: int = 16, ef_search: int = 0,
-                      seed: int = 0, block: int = 65536) -> np.ndarray:
+def part_path(parts: Path, b: int) -> Path:
+    return parts / f"{b:05d}.npy"
+
+
+def prepare_index(x: np.ndarray, method: str, parts: Path, seed: int = 0, block: int = 65536) -> None:
+    """Train and fill the ivf/hnsw index once; written to ``parts/index.faiss`` (atomically)."""
+    path = parts / "index.faiss"
+    if method == "exact" or path.exists():
+        return
     faiss = _faiss()
     n, d = x.shape
     if method == "ivf":
         nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
-        quant = faiss.IndexFlatL2(d)
-        index = faiss.IndexIVFFlat(quant, d, nlist)
-        rng = np.random.default_rng(seed)
-        sample = np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
+        sample = np.sort(np.random.default_rng(seed).choice(n, size=min(n, 64 * nlist), replace=False))
         index.train(np.ascontiguousarray(x[sample], dtype=np.float32))
-        index.nprobe = nprobe
     else:
         index = faiss.IndexHNSWFlat(d, 32)
         index.hnsw.efConstruction = 80
     for s in range(0, n, block):
         index.add(np.ascontiguousarray(x[s:s + block], dtype=np.float32))
-    if method == "hnsw":
-        index.hnsw.efSearch = max(ef_search, k + 1)
-    graph = np.lib.format.open_memmap(out, mode="w+", dtype=np.int32, shape=(n, k))
-    for s in range(0, n, block):
-        stop = min(s + block, n)
-        _, ids = index.search(np.ascontiguousarray(x[s:stop], dtype=np.float32), k + 1)
-        graph[s:stop] = drop_self(ids, np.arange(s, stop), k)
-    graph.flush()
-    return graph
+    tmp = parts / "index.faiss.tmp"
+    faiss.write_index(index, str(tmp))
+    os.replace(tmp, path)
+
+
+def search_blocks(x: np.ndarray, k: int, method: str, parts: Path, blocks: dict[int, tuple[int, int]], nprobe: int = 16,
+                  ef_search: int = 0) -> int:
+    """Neighbours of each block's query rows [start, stop) -> ``parts/NNNNN.npy``; done blocks are
+    skipped. Returns how many blocks were computed."""
+    faiss = _faiss()
+    todo = {b: rows for b, rows in blocks.items() if not part_path(parts, b).exists()}
+    if not todo:
+        return 0
+    if method == "exact":
+        base = np.ascontiguousarray(x, dtype=np.float32)
+        search = lambda q: faiss.knn(q, base, k + 1)[1]  # noqa: E731
+    else:
+        index = faiss.read_index(str(parts / "index.faiss"))
+        if method == "ivf":
+            index.nprobe = nprobe
+        else:
+            index.hnsw.efSearch = max(ef_search, k + 1)
+        search = lambda q: index.search(q, k + 1)[1]  # noqa: E731
+    for b, (start, stop) in sorted(todo.items()):
+        ids = np.zeros((0, k), dtype=np.int32)
+        if stop > start:
+            ids = drop_self(search(np.ascontiguousarray(x[start:stop], dtype=np.float32)), np.arange(start, stop), k)
+        tmp = parts / f"{b:05d}.tmp.npy"
+        np.save(tmp, ids.astype(np.int32))
+        os.replace(tmp, part_path(parts, b))
+    return len(todo)
 
 
 def recall_at(x: np.ndarray, graph: np.ndarray, n_queries: int = 1000, at: int = 10, seed: int = 0) -> float:
@@ -109,23 +125,36 @@ def recall_at(x: np.ndarray, graph: np.ndarray, n_queries: int = 1000, at: int =
 
 
 def build_graph(x: np.ndarray, k: int, out: Path, method: str = "auto", nprobe: int = 16, recall_queries: int = 1000,
-                seed: int = 0) -> dict:
-    """Build the graph into ``out`` and return its manifest entry (method, k, recall@10)."""
+                seed: int = 0, blocks: list[tuple[int, int]] | None = None, run_blocks=None) -> dict:
+    """Build the graph into ``out`` and return its manifest entry (method, k, recall@10).
+    ``blocks``: the query row ranges (default: 4,096 rows each); ``run_blocks(todo)`` computes the
+    missing block numbers elsewhere (default: here, with :func:`search_blocks`)."""
+    out = Path(out)
     n, d = x.shape
     if not 1 <= k < n:
         raise StimoptError(f"graph k must be between 1 and the bank size - 1 ({n - 1}), got {k}")
     method = choose_method(n, d, method)
-    if method == "exact":
-        graph = build_exact(x, k, out)
-        recall = 1.0
+    parts = parts_dir(out)
+    parts.mkdir(parents=True, exist_ok=True)
+    prepare_index(x, method, parts, seed=seed)
+    blocks = blocks or [(s, min(s + DEFAULT_BLOCK, n)) for s in range(0, n, DEFAULT_BLOCK)]
+    todo = [b for b in range(len(blocks)) if not part_path(parts, b).exists()]
+    if todo and run_blocks is not None:
+        run_blocks(todo)
     else:
-        graph = build_approximate(x, k, out, method, nprobe=nprobe, seed=seed)
-        recall = recall_at(x, graph, recall_queries, seed=seed)
+        search_blocks(x, k, method, parts, dict(enumerate(blocks)), nprobe)
+    missing = [b for b in range(len(blocks)) if not part_path(parts, b).exists()]
+    if missing:
+        raise StimoptError(f"graph blocks {missing[:10]} did not finish; run the build again to continue")
+    tmp = Path(str(out) + ".tmp.npy")
+    graph = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int32, shape=(n, k))
+    for b, (start, stop) in enumerate(blocks):
+        graph[start:stop] = np.load(part_path(parts, b))
+    graph.flush()
+    del graph
+    os.replace(tmp, out)
+    graph = np.load(out, mmap_mode="r")
+    recall = 1.0 if method == "exact" else recall_at(x, graph, recall_queries, seed=seed)
+    shutil.rmtree(parts, ignore_errors=True)
     return {"k": int(k), "method": method, "recall_at_10": round(float(recall), 4),
             "recall_queries": int(min(n, recall_queries)) if method != "exact" else 0, "nprobe": nprobe if method == "ivf" else None}
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
