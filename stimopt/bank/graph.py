@@ -127,7 +127,7 @@ def recall_at(x: np.ndarray, graph: np.ndarray, n_queries: int = 1000, at: int =
 def build_graph(x: np.ndarray, k: int, out: Path, method: str = "auto", nprobe: int = 16, recall_queries: int = 1000,
                 seed: int = 0, blocks: list[tuple[int, int]] | None = None, run_blocks=None) -> dict:
     """Build the graph into ``out`` and return its manifest entry (method, k, recall@10).
-    ``blocks``: the query row ranges (default: 4,096 rows each); ``run_blocks(todo)`` computes the
+    ``blocks``: the query row ranges (default: 4,096 rows each for exact search, 65,536 otherwise); ``run_blocks(todo)`` computes the
     missing block numbers elsewhere (default: here, with :func:`search_blocks`)."""
     out = Path(out)
     n, d = x.shape
@@ -137,7 +137,8 @@ def build_graph(x: np.ndarray, k: int, out: Path, method: str = "auto", nprobe: 
     parts = parts_dir(out)
     parts.mkdir(parents=True, exist_ok=True)
     prepare_index(x, method, parts, seed=seed)
-    blocks = blocks or [(s, min(s + DEFAULT_BLOCK, n)) for s in range(0, n, DEFAULT_BLOCK)]
+    step = DEFAULT_BLOCK if method == "exact" else 16 * DEFAULT_BLOCK
+    blocks = blocks or [(s, min(s + step, n)) for s in range(0, n, step)]
     todo = [b for b in range(len(blocks)) if not part_path(parts, b).exists()]
     if todo and run_blocks is not None:
         run_blocks(todo)
