@@ -248,12 +248,16 @@ def test_killed_build_continues_where_it_stopped(tmp_path):
 
 
 @pytest.mark.slow
-def test_multirun_build_equals_single_process_build(tmp_path, sources):
+@pytest.mark.parametrize("launcher, override", [("joblib", "hydra.launcher.n_jobs=2"),
+                                                ("submitit_local", "hydra.launcher.timeout_min=10")])
+def test_multirun_build_equals_single_process_build(tmp_path, sources, launcher, override):
+    """joblib: local processes; submitit_local: the submitit launcher that submitit_slurm uses, with
+    its local executor (no cluster here), so the jobs go through submitit's pickling and job folders."""
     common = ["build", str(sources["zips"]), "--model", "pixels", "--input-size", "8", "--image-size", "24", "--k", "6"]
     from stimopt.bank.cli import main
 
     main([*common, str(tmp_path / "single")])  # in this process
-    proc = run_cli([*common, str(tmp_path / "multi"), "--launcher", "joblib", "--launcher-override", "hydra.launcher.n_jobs=2"],
+    proc = run_cli([*common, str(tmp_path / "multi"), "--launcher", launcher, "--launcher-override", override],
                    cwd=tmp_path, program="stimopt-bank")
     assert "40 from zip source (2 shards)" in proc.stdout
     for stage in ("features", "graph"):  # one Hydra job per shard, for each stage
