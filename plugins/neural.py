@@ -375,9 +375,51 @@ def fit_encoder(cfg, out_dir: Path) -> dict:
 
 
 # -- targets ------------------------------------------------------------------------------------------
+# ``target.checkpoint=demo``: a twin fitted once, on first use, to synthetic digital-twin neurons
+# (stimopt-fit's default data) at the scale of benchmarks/fit_twin.py, and cached. A demo, not a V4 recording.
+DEMO_FITS = {
+    "v4_ensemble": ["model=v4_ensemble", "model.backbone=efficientnet_lite0", "model.layer=blocks.4", "model.members=3",
+                    "model.width=32", "model.epochs=30"],
+    "encoder": ["model=encoder"],
+}
+DEMO_DATA = ["model.input_size=96", "data.size=96", "data.twin.n_images=1200", "data.twin.n_neurons=8", "seed=0"]
+
+
+def demo_checkpoint(kind: str) -> Path:
+    """The cached demo twin of ``kind`` (fitted in a separate stimopt-fit process when missing)."""
+    import os
+    import shutil
+    import subprocess
+
+    from stimopt.bank.demo import cache_dir
+
+    out = cache_dir() / "fits" / f"{kind}-demo-v1"
+    if (out / "model.pt").is_file():
+        return out / "model.pt"
+    print(f"stimopt: fitting the demo {kind} to synthetic digital-twin neurons (once, a few minutes) into {out}",
+          file=sys.stderr, flush=True)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    cmd = [sys.executable, "-c", "from stimopt.fit import main; main()", *DEMO_FITS[kind], *DEMO_DATA, f"out={tmp}"]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0 or not (tmp / "model.pt").is_file():
+        tail = " | ".join(proc.stdout.strip().splitlines()[-2:])
+        raise StimoptError(f"the demo {kind} fit failed ({tail}); fit one yourself: stimopt-fit model={kind}")
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process placed it first (or a stale folder is in the way)
+        if not (out / "model.pt").is_file():
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(tmp, out)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return out / "model.pt"
+
+
 def load_checkpoint(path, kind: str) -> dict:
+    if str(path) == "demo":
+        path = demo_checkpoint(kind)
     if path is None or not Path(str(path)).is_file():
-        raise StimoptError(f"target.checkpoint={path} is not a file; fit one with: stimopt-fit model={kind} ... (it writes model.pt)")
+        raise StimoptError(f"target.checkpoint={path} is not a file; fit one with: stimopt-fit model={kind} ... "
+                          "(it writes model.pt), or use target.checkpoint=demo")
     ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
     if not isinstance(ckpt, dict) or ckpt.get("kind") != kind:
         found = ckpt.get("kind") if isinstance(ckpt, dict) else type(ckpt).__name__
@@ -410,7 +452,7 @@ class _FittedTarget(stimopt.Target):
 
     def _setup(self, checkpoint, which, what: str, device):
         self.ckpt = load_checkpoint(checkpoint, self.kind)
-        self.checkpoint = str(checkpoint)
+        self.checkpoint = str(demo_checkpoint(self.kind) if str(checkpoint) == "demo" else checkpoint)
         self.device = resolve_device(device)
         spec = self.ckpt["backbone"]
         self.backbone = Backbone(spec["model"], spec["layer"], spec["weights"], spec["input_size"], self.device, spec["seed"])

@@ -108,6 +108,32 @@ def test_fit_reads_table_data_end_to_end(tmp_path):
         neural.V4EnsembleTarget(tmp_path / "missing.pt", device="cpu")
 
 
+def test_demo_checkpoint_is_fitted_once_then_reused(tmp_path, monkeypatch):
+    """target.checkpoint=demo: the cached demo twin is used as is; when missing, a stimopt-fit
+    process makes it, and a failed fit is one line naming the command to run instead."""
+    from stimopt.fit import compose_fit
+
+    monkeypatch.setenv("STIMOPT_CACHE", str(tmp_path / "cache"))
+    for kind in ("v4_ensemble", "encoder"):  # the demo fits compose (a typo would surface only on first use)
+        cfg = compose_fit([*neural.DEMO_FITS[kind], *neural.DEMO_DATA])
+        assert cfg.data.twin.n_images == 1200 and cfg.model.input_size == 96
+    monkeypatch.setitem(neural.DEMO_FITS, "encoder", ["model=encoder", "model.backbone=resnet18", "model.weights=random",
+                                                      "model.layer=conv1", "model.pool=2", "device=cpu"])
+    monkeypatch.setattr(neural, "DEMO_DATA", ["model.input_size=16", "data.size=16", "data.twin.n_images=60",
+                                              "data.twin.n_neurons=2", "seed=0"])
+    target = neural.EncoderTarget("demo", roi=1, device="cpu")  # fitted now, in a separate process
+    path = tmp_path / "cache" / "fits" / "encoder-demo-v1" / "model.pt"
+    assert target.checkpoint == str(path) and path.is_file()
+    stamp = path.stat().st_mtime_ns
+    again = neural.EncoderTarget("demo", roi=1, device="cpu")  # reused, not refitted
+    assert path.stat().st_mtime_ns == stamp and not list(path.parent.parent.glob("*.tmp-*"))
+    x = torch.rand(3, 3, 16, 16)
+    assert torch.allclose(target.evaluate(x), again.evaluate(x))
+    monkeypatch.setitem(neural.DEMO_FITS, "v4_ensemble", ["model=no_such_model"])
+    with pytest.raises(StimoptError, match=r"the demo v4_ensemble fit failed .*stimopt-fit model=v4_ensemble"):
+        neural.V4EnsembleTarget("demo", device="cpu")
+
+
 def test_greedy_matching_recovers_a_shuffled_session():
     rng = np.random.default_rng(0)
     pred = rng.standard_normal((300, 6))
