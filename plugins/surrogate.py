@@ -133,7 +133,7 @@ class SurrogateSearch(stimopt.Optimizer):
         self,
         n_init: int = 40,
         acquisition: str = "thompson",
-        explore: float = 0.5,
+        explore: float = 1.0,
         alpha: float | str = "auto",
         ensemble: int = 0,
         kernel: str = "linear",
