@@ -143,6 +143,7 @@ class SurrogateSearch(stimopt.Optimizer):
         neighbours: float = 0.0,
         neighbour_sources: int = 10,
         anneal: float = 0.0,
+        graded: bool = False,
         represent: int = 0,
         max_presentations: int = 4,
         evidence: float = 2.0,
@@ -173,6 +174,7 @@ class SurrogateSearch(stimopt.Optimizer):
         self.n_random_features, self.layers = int(n_random_features), list(layers) if layers else ["features"]
         self.coreset_fraction, self.represent = float(coreset_fraction), int(represent)
         self.neighbours, self.neighbour_sources, self.anneal = float(neighbours), int(neighbour_sources), float(anneal)
+        self.graded = bool(graded)
         self.max_presentations, self.evidence = int(max_presentations), float(evidence)
         self.retry_missing, self.chunk_size = int(retry_missing), int(chunk_size)
         self.n_report, self.n_standardize = int(n_report), int(n_standardize)
@@ -271,16 +273,23 @@ class SurrogateSearch(stimopt.Optimizer):
                 b = self.rng.integers(0, len(y), size=len(y))
                 draws.append(fit_ridge(x[b], y[b], counts[b], np.array([fit["alpha"]]))["beta"])
             d = np.stack(draws, 1)
-            d = beta[:, None] + self._explore_scale() * (d - d.mean(1, keepdims=True))
-            reps = -(-n_draws // d.shape[1])
-            return np.concatenate([beta[:, None], np.tile(d, reps)[:, :n_draws]], 1)
+            d = np.tile(d - d.mean(1, keepdims=True), -(-n_draws // d.shape[1]))[:, :n_draws]
+            return np.concatenate([beta[:, None], beta[:, None] + self._draw_scales(n_draws) * d], 1)
         v, s2, a = fit["v"], fit["s2"], fit["alpha"]
         p = beta.size
         z1 = self.rng.standard_normal((v.shape[1], n_draws))
         z2 = self.rng.standard_normal((p, n_draws))
         null = (z2 - v @ (v.T @ z2)) / math.sqrt(a)
-        d = beta[:, None] + self._explore_scale() * fit["sigma"] * (v @ (z1 / np.sqrt(s2 + a)[:, None]) + null)
+        d = beta[:, None] + self._draw_scales(n_draws) * fit["sigma"] * (v @ (z1 / np.sqrt(s2 + a)[:, None]) + null)
         return np.concatenate([beta[:, None], d], 1)
+
+    def _draw_scales(self, n: int) -> np.ndarray:
+        """Spread of each posterior draw: all ``explore`` (annealed), or with ``graded`` evenly from near 0
+        (almost greedy) to 2 x explore (bold) across the batch, same mean."""
+        scale = self._explore_scale()
+        if not self.graded:
+            return np.full(n, scale)
+        return scale * 2.0 * np.arange(1, n + 1) / (n + 1)
 
     def _scan(self, dirs: np.ndarray, intercept: float, m: int, exclude: np.ndarray, reduce=None):
         """Top-m bank items per column of ``dirs`` (model-space directions), skipping ``exclude``.

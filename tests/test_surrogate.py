@@ -248,6 +248,22 @@ def test_graph_neighbour_slots_and_annealed_exploration(bank):
         SurrogateSearch(neighbours=0.2).setup(stimopt.BankSpace(size=N, features=f), seed=0, budget=10, batch_size=5)
 
 
+def test_graded_exploration_spreads_the_batch(bank):
+    f = np.load(bank / "features.npy", mmap_mode="r")
+    truth = np.asarray(f) @ np.load(bank / "weights.npy")
+    for ensemble in (0, 4):
+        opt = SurrogateSearch(n_init=20, explore=0.8, graded=True, ensemble=ensemble)
+        opt.setup(stimopt.BankSpace(size=N, features=f), seed=0, budget=200, batch_size=20)
+        scales = opt._draw_scales(19)
+        assert scales.mean() == pytest.approx(0.8) and np.all(np.diff(scales) > 0) and scales[0] < 0.1
+        seen = []
+        for _ in range(10):
+            c = opt.ask(20)
+            seen += c.tolist()
+            opt.tell(c, truth[c])
+        assert len(set(seen)) == 200 and truth[seen].max() >= np.sort(truth)[-3]
+
+
 def test_state_dict_is_compact(bank):
     gen = PlantedBank(str(bank))
     opt = SurrogateSearch(n_init=10)
