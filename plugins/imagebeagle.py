@@ -14,7 +14,8 @@ Batches: one request (L coreset images, or K neighbours) is what the algorithm n
 next decision; when a batch has room left after a request, it is filled with the upcoming coreset
 images, which are then taken off the next global step (so the set of images the walk evaluates
 follows the sequential algorithm; with ``batch_size = K = L`` it is exactly sequential).
-When the coresets are used up, global steps draw unevaluated images at random.
+The run's seed picks the coreset the global steps begin with (seed mod the number of coresets);
+when all coresets are used up, global steps draw unevaluated images at random.
 """
 from __future__ import annotations
 
@@ -82,7 +83,9 @@ class Walk(stimopt.Optimizer):
         if budget > space.size:
             raise StimoptError(f"budget {budget} exceeds the bank's {space.size} images; the walk never evaluates an image twice")
         self.graph = space.graph
-        self.coresets = tuple(space.coresets) or (np.random.default_rng(seed).permutation(space.size),)
+        cores = tuple(space.coresets) or (np.random.default_rng(seed).permutation(space.size),)
+        start = seed % len(cores)  # the run's seed picks the coreset to begin with (then they cycle)
+        self.coresets = cores[start:] + cores[:start]
         self.rng = np.random.default_rng(seed)
         self.scores: dict[int, float] = {}      # evaluated (asked) -> score; NaN until told
         self.visited: set[int] = set()

@@ -225,3 +225,14 @@ def test_optimizer_walk_brings_the_bank_generator_unless_one_is_named():
     assert compose(["optimizer=ga"]).generator.name == "fourier"
     assert compose(["optimizer=walk", "generator.bank=BANK"]).generator.bank == "BANK"
     assert compose(["optimizer=walk", "generator=fourier"]).generator.name == "fourier"  # then the fit check says why not
+
+
+def test_the_seed_picks_the_coreset_the_walk_begins_with():
+    space = synthetic_space(n=1000)
+    firsts = []
+    for seed in (0, 1, 5, 6):
+        opt = Walk(L=10, K=10, M=2)
+        opt.setup(space, seed=seed, budget=50, batch_size=10)
+        firsts.append(opt.ask(10).tolist())
+    assert firsts[0] == space.coresets[0][:10].tolist() and firsts[1] == space.coresets[1][:10].tolist()
+    assert firsts[2] == firsts[0] and firsts[3] == firsts[1]  # 5 coresets: seed 5 is seed 0 again
