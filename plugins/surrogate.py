@@ -143,7 +143,7 @@ class SurrogateSearch(stimopt.Optimizer):
         neighbours: float = 0.0,
         neighbour_sources: int = 10,
         anneal: float = 0.0,
-        graded: bool = False,
+        graded: bool = True,
         represent: int = 0,
         max_presentations: int = 4,
         evidence: float = 2.0,
