@@ -10,10 +10,13 @@ generation it
    variance noise/alpha) or, with ``ensemble=E``, refits E bootstrap models;
 3. scans the whole bank in chunks (memory-mapped features, one matrix product per chunk) and fills
    the batch: slot 0 takes the argmax of the posterior mean (exploitation), the others each the
-   argmax of their own posterior draw (Thompson sampling; ``acquisition=ucb`` ranks by mean +
-   ``explore`` x spread instead, ``greedy`` by the mean alone); never an image already shown;
+   argmax of their own posterior draw (Thompson sampling; with ``graded`` the draws' spreads run
+   from near 0 to 2 x ``explore`` across the batch; ``anneal`` shrinks ``explore`` as the budget
+   is used; ``acquisition=ucb`` ranks by mean + spread instead, ``greedy`` by the mean alone);
+   never an image already shown;
 4. optionally gives ``coreset_fraction`` of each batch to the best-predicted unshown coreset images
-   (diversity) and ``represent`` slots to re-presenting top images whose evidence is weak
+   (diversity), ``neighbours`` of it to the best-predicted unshown kNN-graph neighbours of the best
+   images shown, and ``represent`` slots to re-presenting top images whose evidence is weak
    (noisy neurons).
 
 The first ``n_init`` images come from the bank's coresets in order (diverse by construction), else
