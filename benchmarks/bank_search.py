@@ -143,8 +143,10 @@ def median_evals(values, budget) -> str:
 
 
 def table(rows: list[dict], budgets: dict) -> str:
+    noises = ["none", "poisson5", "poisson20", "poisson250"]
     keys = sorted({(r["noise"], r["group"], r["method"]) for r in rows},
-                  key=lambda k: (k[0] != "none", k[1], ["random", "walk", "surrogate"].index(k[2])))
+                  key=lambda k: (noises.index(k[0]) if k[0] in noises else len(noises), k[0], k[1],
+                                 ["random", "walk", "surrogate"].index(k[2])))
     head = ("| noise | units | search | n | evals to top 1% | to top 0.1% | to bank best | bank best found in 1,000 "
             "| best@250 | best@500 | best@1000 |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
