@@ -10,7 +10,9 @@ bank's images at the bank's own size (96 px). Both directions (max, min); noisel
 
 Simulation by look-up: every unit's response to every bank image is computed once (one forward pass
 over the bank, cached next to the results), so a search step only looks responses up; the
-optimizers are the real ``optimizer=random|walk|surrogate`` classes driven through ask/tell with
+optimizers are the real ``optimizer=random|walk|surrogate`` classes, built from their configs as
+``stimopt optimizer=NAME`` builds them (so the walk and the surrogate run with their current
+defaults; ``--walk-options`` / ``--surrogate-options`` override), driven through ask/tell with
 batches of 20, exactly as the engine drives them. Poisson-20: spikes ~ Poisson(rate), rate =
 20 x (a - a_min) / (E[best of 2,500 bank images] - a_min) with a_min the bank's lowest response
 (a neuron with spontaneous firing, so the anti-preferred direction is measurable too; XDream's
