@@ -28,7 +28,8 @@ READ_CHUNK = 256  # images decoded at a time inside a shard (bounds memory)
 
 def plan_build(source: str, out: str | Path, *, features: FeatureSpec | None = None, k: int = 100, method: str = "auto",
                nprobe: int = 16, pca_dim: int | None = None, n_coresets: int | None = None, coreset_size: int | None = None,
-               coreset_method: str = "kcenter", image_size: int = 224, shard_size: int = DEFAULT_SHARD_SIZE, seed: int = 0, note: str = "") -> dict:
+               coreset_method: str = "kcenter", image_size: int = 224, shard_size: int = DEFAULT_SHARD_SIZE, seed: int = 0,
+               note: str = "") -> dict:
     """Write plan.json and the shards' item lists (once); a second call checks the options match."""
     out = Path(out)
     features = features or FeatureSpec()
@@ -40,7 +41,8 @@ def plan_build(source: str, out: str | Path, *, features: FeatureSpec | None = N
     options = {
         "source": str(source), "features": asdict(features), "k": int(k), "method": method, "nprobe": int(nprobe),
         "pca_dim": int(pca_dim) if pca_dim else None, "n_coresets": n_coresets, "coreset_size": coreset_size,
-        "coreset_method": coreset_method, "image_size": int(image_size), "shard_size": int(shard_size), "seed": int(seed), "note": note,
+        "coreset_method": coreset_method, "image_size": int(image_size), "shard_size": int(shard_size), "seed": int(seed),
+        "note": note,
     }
     plan_file = out / "plan.json"
     if plan_file.exists():
@@ -158,11 +160,11 @@ def apply_pca(bank: Path, feats: np.ndarray, dim: int, seed: int) -> np.ndarray:
     return np.load(out, mmap_mode="r")
 
 
-def graph_vectors(bank: Path, plan: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The vectors the graph is built on (features, or their PCA) and the shard offsets."""
+def graph_vectors(bank: Path, plan: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The merged features, the vectors the graph is built on (the features, or their PCA) and the shard offsets."""
     feats, offsets = merge(bank, plan)
     opts = plan["options"]
-    return (apply_pca(bank, feats, opts["pca_dim"], opts["seed"]) if opts["pca_dim"] else feats), offsets
+    return feats, (apply_pca(bank, feats, opts["pca_dim"], opts["seed"]) if opts["pca_dim"] else feats), offsets
 
 
 def compute_graph_shard(bank: str | Path, s: int) -> bool:
@@ -174,7 +176,7 @@ def compute_graph_shard(bank: str | Path, s: int) -> bool:
     if not 0 <= s < plan["n_shards"]:
         raise StimoptError(f"shard {s} does not exist: {bank} has shards 0..{plan['n_shards'] - 1}")
     opts = plan["options"]
-    vectors, offsets = graph_vectors(bank, plan)
+    _, vectors, offsets = graph_vectors(bank, plan)
     method = choose_method(*vectors.shape, opts["method"])
     parts = parts_dir(bank / "graph.npy")
     if method != "exact" and not (parts / "index.faiss").exists():
@@ -194,12 +196,8 @@ def finish(bank: str | Path, log=None, launcher: str | None = None, launcher_ove
     opts = plan["options"]
     times = {}
     t = time.perf_counter()
-    feats, offsets = merge(bank, plan)
-    times["merge"] = time.perf_counter() - t
-    t = time.perf_counter()
-    vectors, _ = graph_vectors(bank, plan)
-    if opts["pca_dim"]:
-        times["pca"] = time.perf_counter() - t
+    feats, vectors, offsets = graph_vectors(bank, plan)
+    times["merge" if not opts["pca_dim"] else "merge_pca"] = time.perf_counter() - t
     graph_info_file = bank / "graph.json"
     t = time.perf_counter()
     if graph_info_file.exists():
