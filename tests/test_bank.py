@@ -267,3 +267,16 @@ def test_multirun_build_equals_single_process_build(tmp_path, sources, launcher,
     for name in ("features.npy", "graph.npy", "coresets.npy", "offsets.npy"):
         assert np.array_equal(np.load(a.path / name), np.load(b.path / name)), name
     assert a.manifest["skipped"] == b.manifest["skipped"]
+
+
+def test_pca_build_searches_the_graph_and_coresets_in_the_reduced_space(tmp_path):
+    build_bank("demo:300", tmp_path / "b", features=FeatureSpec(model="pixels", input_size=8), k=6, image_size=24,
+               shard_size=100, pca_dim=16)
+    bank = load_bank(tmp_path / "b")
+    reduced = np.load(tmp_path / "b" / "features_pca.npy")
+    assert reduced.shape == (300, 16) and bank.features.shape == (300, 192)
+    d = ((reduced[:, None, :] - reduced[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    assert np.mean(np.asarray(bank.graph) == np.argsort(d, axis=1)[:, :6]) > 0.99  # ties aside, exact in PCA space
+    far = ((reduced - reduced[bank.coresets[0][0]]) ** 2).sum(-1)
+    assert bank.coresets[0][1] == np.argmax(far)  # the second pick: farthest from the first, in PCA space
