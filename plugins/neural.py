@@ -451,8 +451,9 @@ class _FittedTarget(stimopt.Target):
     kind = "?"
 
     def _setup(self, checkpoint, which, what: str, device):
-        self.ckpt = load_checkpoint(checkpoint, self.kind)
-        self.checkpoint = str(demo_checkpoint(self.kind) if str(checkpoint) == "demo" else checkpoint)
+        path = demo_checkpoint(self.kind) if str(checkpoint) == "demo" else checkpoint
+        self.ckpt = load_checkpoint(path, self.kind)
+        self.checkpoint = str(path)
         self.device = resolve_device(device)
         spec = self.ckpt["backbone"]
         self.backbone = Backbone(spec["model"], spec["layer"], spec["weights"], spec["input_size"], self.device, spec["seed"])

@@ -127,8 +127,9 @@ def recall_at(x: np.ndarray, graph: np.ndarray, n_queries: int = 1000, at: int =
 def build_graph(x: np.ndarray, k: int, out: Path, method: str = "auto", nprobe: int = 16, recall_queries: int = 1000,
                 seed: int = 0, blocks: list[tuple[int, int]] | None = None, run_blocks=None) -> dict:
     """Build the graph into ``out`` and return its manifest entry (method, k, recall@10).
-    ``blocks``: the query row ranges (default: 4,096 rows each for exact search, 65,536 otherwise); ``run_blocks(todo)`` computes the
-    missing block numbers elsewhere (default: here, with :func:`search_blocks`)."""
+    ``blocks``: the query row ranges (default: 4,096 rows each for exact search, 65,536 otherwise);
+    ``run_blocks(todo)`` computes the missing block numbers elsewhere (default: here, with
+    :func:`search_blocks`)."""
     out = Path(out)
     n, d = x.shape
     if not 1 <= k < n:
