@@ -5,7 +5,8 @@ generation it
 
 1. refits a ridge regression of score on the bank features of every image shown so far (features
    standardized with statistics of a fixed sample of the bank; the ridge penalty is chosen by the
-   data: exact leave-one-out error over a grid, from one SVD; row weights = presentations);
+   data: exact leave-one-out error over a grid, from one SVD; row weights = presentations x
+   exp(``focus`` x standardized score), so the model is most accurate where the scores are high);
 2. draws posterior weight vectors (Bayesian ridge: noise variance from the residuals, prior
    variance noise/alpha) or, with ``ensemble=E``, refits E bootstrap models;
 3. scans the whole bank in chunks (memory-mapped features, one matrix product per chunk) and fills
@@ -19,8 +20,9 @@ generation it
    images shown, and ``represent`` slots to re-presenting top images whose evidence is weak
    (noisy neurons).
 
-The first ``n_init`` images come from the bank's coresets in order (diverse by construction), else
-uniformly at random. Scores are always maximized; the direction lives in the core objective.
+The first ``n_init`` images are drawn uniformly at random (``init=coreset``: the bank's coresets in
+order; their farthest-point images are the bank's outliers, a worse first sample for a regression
+on the demo bank). Scores are always maximized; the direction lives in the core objective.
 
 Missing responses (NaN): a dropped trial taught nothing, so the image goes back into the pool and
 may be shown once more (``retry_missing``, default 1); an all-NaN generation is a dropped block of
@@ -39,6 +41,7 @@ import stimopt
 from stimopt.errors import StimoptError
 
 ACQUISITIONS = ("thompson", "ucb", "greedy")
+INITS = ("random", "coreset")
 
 
 def _blas_threads(n: int):
@@ -87,8 +90,12 @@ def _thin_svd(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return u, s2, v
 
 
-def fit_ridge(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None, alphas: np.ndarray | None = None) -> dict:
+def fit_ridge(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None, alphas: np.ndarray | None = None,
+              r2_weights: np.ndarray | None = None) -> dict:
     """Weighted ridge with intercept; penalty chosen by exact leave-one-out error (one SVD).
+
+    ``r2_weights`` (default ``w``) weight the rows of the reported leave-one-out R^2, so a fit that
+    emphasizes some rows still reports how well it predicts every row.
 
     Returns beta, intercept, alpha, sigma (residual noise), r2_loo, and the SVD pieces needed to
     draw from the Bayesian-ridge posterior N(beta, sigma^2 (X'X + alpha I)^-1).
@@ -104,7 +111,6 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None, alphas:
     if alphas is None:
         top = float(s2.max()) if s2.size and s2.max() > 0 else 1.0
         alphas = top * np.logspace(-5, 2, 36)
-    ss_tot = float(yc @ yc)
     best = None
     u2 = u**2
     for a in alphas:
@@ -114,15 +120,18 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None, alphas:
         loo = (yc - fitted) / np.maximum(1.0 - h, 1e-6)
         press = float(loo @ loo)
         if best is None or press < best[0]:
-            best = (press, a, d, fitted)
-    press, a, d, fitted = best
+            best = (press, a, d, fitted, loo)
+    press, a, d, fitted, loo = best
+    loo = loo / sw  # y_i minus its prediction by the fit without row i
+    rw = w if r2_weights is None else np.asarray(r2_weights, dtype=np.float64)
+    ss_r2 = float(rw @ (y - rw @ y / rw.sum()) ** 2)
     beta = v @ (np.sqrt(s2) / (s2 + a) * uy)
     df = float(d.sum())
     rss = float(((yc - fitted) ** 2).sum())
     sigma = math.sqrt(rss / max(n - df - 1.0, 1.0)) if n > 1 else 1.0
     return {
         "beta": beta, "intercept": ym - float(xm @ beta), "alpha": float(a), "sigma": sigma,
-        "r2_loo": 1.0 - press / ss_tot if ss_tot > 0 else float("nan"),
+        "r2_loo": 1.0 - float(rw @ loo**2) / ss_r2 if ss_r2 > 0 else float("nan"),
         "v": v, "s2": s2, "n": n,
     }
 
@@ -135,6 +144,8 @@ class SurrogateSearch(stimopt.Optimizer):
     def __init__(
         self,
         n_init: int = 40,
+        init: str = "random",
+        focus: float = 0.5,
         acquisition: str = "thompson",
         explore: float = 1.0,
         alpha: float | str = "auto",
@@ -162,6 +173,10 @@ class SurrogateSearch(stimopt.Optimizer):
             raise StimoptError(f"optimizer.kernel must be one of {KERNELS}, got '{kernel}'")
         if alpha != "auto" and not (isinstance(alpha, (int, float)) and alpha > 0):
             raise StimoptError(f"optimizer.alpha must be 'auto' or a positive number, got {alpha!r}")
+        if init not in INITS:
+            raise StimoptError(f"optimizer.init must be one of {INITS}, got '{init}'")
+        if not focus >= 0:
+            raise StimoptError(f"optimizer.focus must be >= 0 (0 = every image weighs the same), got {focus}")
         if n_init < 2:
             raise StimoptError(f"optimizer.n_init must be at least 2 (the model needs data to start), got {n_init}")
         if not 0.0 <= coreset_fraction <= 1.0:
@@ -172,7 +187,8 @@ class SurrogateSearch(stimopt.Optimizer):
             raise StimoptError(f"optimizer.anneal must be in [0, 1], got {anneal}")
         if represent < 0 or max_presentations < 1 or ensemble < 0 or ensemble == 1:
             raise StimoptError("optimizer.represent >= 0, max_presentations >= 1 and ensemble = 0 or >= 2 are required")
-        self.n_init, self.acquisition, self.explore = int(n_init), acquisition, float(explore)
+        self.n_init, self.init, self.focus = int(n_init), init, float(focus)
+        self.acquisition, self.explore = acquisition, float(explore)
         self.alpha, self.ensemble, self.kernel = alpha, int(ensemble), kernel
         self.n_random_features, self.layers = int(n_random_features), list(layers) if layers else ["features"]
         self.coreset_fraction, self.represent = float(coreset_fraction), int(represent)
@@ -254,14 +270,25 @@ class SurrogateSearch(stimopt.Optimizer):
         out[order] = x
         return out
 
+    def _fit_weights(self, y: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Row weights of the fit: presentations x exp(focus x z), z = the image's standardized mean score
+        (clipped to +-3), the focus factors scaled to mean 1. The search spends its budget where scores
+        are high, so that is where the model must be right; a linear model of a nonlinear neuron is
+        otherwise fit to the bulk of mediocre images."""
+        if not self.focus or y.size < 2 or not y.std() > 0:
+            return counts
+        f = np.exp(self.focus * np.clip((y - y.mean()) / y.std(), -3.0, 3.0))
+        return counts * f / f.mean()
+
     def _refit(self):
         idx = np.asarray(self.items, dtype=np.int64)
         counts = np.asarray(self.counts, dtype=np.float64)
         y = np.asarray(self.sums) / counts
         x = self._rows(idx)
         alphas = None if self.alpha == "auto" else np.array([float(self.alpha)])
-        fit = fit_ridge(x, y, counts, alphas)
-        fit["y_sd"] = float(y.std()) if y.size > 1 else 1.0
+        w = self._fit_weights(y, counts)
+        fit = fit_ridge(x, y, w, alphas, r2_weights=counts)
+        fit["weights"] = w
         self._fit = fit
         return fit, x, y, counts
 
@@ -274,7 +301,7 @@ class SurrogateSearch(stimopt.Optimizer):
             draws = []
             for _ in range(self.ensemble):
                 b = self.rng.integers(0, len(y), size=len(y))
-                draws.append(fit_ridge(x[b], y[b], counts[b], np.array([fit["alpha"]]))["beta"])
+                draws.append(fit_ridge(x[b], y[b], fit["weights"][b], np.array([fit["alpha"]]))["beta"])
             d = np.stack(draws, 1)
             d = np.tile(d - d.mean(1, keepdims=True), -(-n_draws // d.shape[1]))[:, :n_draws]
             return np.concatenate([beta[:, None], beta[:, None] + self._draw_scales(n_draws) * d], 1)
@@ -405,8 +432,8 @@ class SurrogateSearch(stimopt.Optimizer):
         picks: list[int] = []
         info: list[dict] = []
         if len(self.items) < self.n_init:
-            # Initial design: coreset images in order (diverse), then random ones.
-            left = self.coreset[~self.shown[self.coreset]][:n]
+            # Initial design: uniformly random images, or (init=coreset) the coresets in order, then random.
+            left = self.coreset[~self.shown[self.coreset]][:n] if self.init == "coreset" else self.coreset[:0]
             picks += left.tolist()
             info += [{"why": "init-coreset"}] * len(left)
             if len(picks) < n:

@@ -290,6 +290,45 @@ def test_fit_ridge_leave_one_out_is_exact():
     assert fit["r2_loo"] == pytest.approx(1 - press / ((y - y.mean()) ** 2).sum(), rel=1e-8)
 
 
+def test_weighted_fit_reports_the_leave_one_out_r2_of_every_row():
+    """Weighted fit (the focus weights), R^2 weighted by presentations only: both exact against refits."""
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((30, 5)), rng.standard_normal(30)
+    w, counts = rng.uniform(0.2, 3.0, 30), rng.integers(1, 4, 30).astype(float)
+    a = 2.0
+    fit = fit_ridge(x, y, w, np.array([a]), r2_weights=counts)
+    loo = np.empty(30)
+    for i in range(30):
+        keep = np.arange(30) != i
+        wk = w[keep]
+        xm, ym = wk @ x[keep] / wk.sum(), wk @ y[keep] / wk.sum()
+        xc = x[keep] - xm
+        beta = np.linalg.solve(xc.T @ (wk[:, None] * xc) + a * np.eye(5), xc.T @ (wk * (y[keep] - ym)))
+        loo[i] = y[i] - ym - (x[i] - xm) @ beta
+    ybar = counts @ y / counts.sum()
+    assert fit["r2_loo"] == pytest.approx(1 - counts @ loo**2 / (counts @ (y - ybar) ** 2), rel=1e-8)
+
+
+def test_focus_weighs_high_scores_and_random_init_skips_coresets(bank):
+    f = np.load(bank / "features.npy")
+    core = np.load(bank / "coreset.npy")
+    space = stimopt.BankSpace(size=f.shape[0], features=f, coresets=(core,))
+    for init, from_core in (("random", False), ("coreset", True)):
+        opt = SurrogateSearch(n_init=20, init=init)
+        opt.setup(space, seed=0, budget=100, batch_size=20)
+        first = opt.ask(20)
+        assert set(first.tolist()) <= set(core.tolist()) if from_core else len(set(first.tolist()) & set(core.tolist())) < 5
+        assert {i["why"] for i in opt.ask_info()} == {"init-coreset" if from_core else "init-random"}
+    y, counts = np.arange(10.0), np.full(10, 2.0)
+    w = SurrogateSearch(focus=0.5)._fit_weights(y, counts)
+    assert np.all(np.diff(w) > 0) and w.mean() == pytest.approx(2.0)  # rises with the score, mean kept
+    np.testing.assert_array_equal(SurrogateSearch(focus=0.0)._fit_weights(y, counts), counts)
+    with pytest.raises(StimoptError, match="optimizer.focus must be >= 0"):
+        SurrogateSearch(focus=-1.0)
+    with pytest.raises(StimoptError, match="optimizer.init must be one of"):
+        SurrogateSearch(init="kmeans")
+
+
 def test_bad_input_is_one_clear_line(bank):
     gen = PlantedBank(str(bank), features=False)
     with pytest.raises(StimoptError, match="needs bank features 'features'"):
