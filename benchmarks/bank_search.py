@@ -3,6 +3,8 @@ a unit's best bank images?
 
     python benchmarks/bank_search.py                      # the demo bank, 20 + 20 units, all settings
     python benchmarks/bank_search.py --units 5 --noise none --methods random,surrogate   # smaller
+    python benchmarks/bank_search.py --seed 1 --out outputs/benchmarks/bank_search_s1     # another seed
+    python benchmarks/bank_search.py --summarize outputs/benchmarks/bank_search*/rows.jsonl  # seeds pooled
 
 Units: ``--units`` channels of EfficientNet-Lite0 ``blocks.3`` (the layer the demo bank's features
 come from: "aligned") and as many of ``blocks.5`` (deeper), read at the centre of the map, on the
@@ -146,6 +148,7 @@ def median_evals(values, budget) -> str:
 
 def table(rows: list[dict], budgets: dict) -> str:
     noises = ["none", "poisson5", "poisson20", "poisson250"]
+    rows = rows + [{**r, "group": "all"} for r in rows]  # both groups pooled
     keys = sorted({(r["noise"], r["group"], r["method"]) for r in rows},
                   key=lambda k: (noises.index(k[0]) if k[0] in noises else len(noises), k[0], k[1],
                                  ["random", "walk", "surrogate"].index(k[2])))
@@ -162,7 +165,25 @@ def table(rows: list[dict], budgets: dict) -> str:
             v = [r[f"best@{c}"] for r in sel if r[f"best@{c}"] is not None]
             cells.append(f"{np.median(v):.2f}" if v else "-")
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + ratios(rows)
+
+
+def ratios(rows: list[dict]) -> str:
+    """Median evaluations to the bank's top 0.1%: surrogate / random and surrogate / walk, per noise and group."""
+    out = []
+    for noise in sorted({r["noise"] for r in rows}):
+        for group in sorted({r["group"] for r in rows}):
+            med = {}
+            for method in ("random", "walk", "surrogate"):
+                v = [np.inf if r["top01pct"] is None else r["top01pct"] for r in rows
+                     if (r["noise"], r["group"], r["method"]) == (noise, group, method)]
+                if v:
+                    med[method] = float(np.median(v))
+            if "surrogate" in med and len(med) > 1:
+                parts = [f"surrogate / {m} = {med['surrogate']:.1f} / {med[m]:.1f} = {med['surrogate'] / med[m]:.2f}"
+                         for m in ("random", "walk") if m in med]
+                out.append(f"{noise} {group}: median evaluations to top 0.1%: " + "; ".join(parts))
+    return "\n".join(out)
 
 
 def main():
@@ -228,7 +249,7 @@ def main():
 
                         t = time.perf_counter()
                         shown, observed = simulate(method, space, true_score, observe, budgets[method], args.batch, args.seed, args)
-                        row = {"noise": noise, "group": g, "layer": groups[g], "unit": int(resp[f"{g}_units"][u]),
+                        row = {"seed": args.seed, "noise": noise, "group": g, "layer": groups[g], "unit": int(resp[f"{g}_units"][u]),
                                "direction": direction, "method": method, "budget": budgets[method],
                                "repeats": int(len(shown) - len(np.unique(shown))), "seconds": round(time.perf_counter() - t, 2),
                                **metrics(shown, observed, true_score)}

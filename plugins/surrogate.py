@@ -143,7 +143,7 @@ class SurrogateSearch(stimopt.Optimizer):
 
     def __init__(
         self,
-        n_init: int = 40,
+        n_init: int = 20,
         init: str = "random",
         focus: float = 0.5,
         acquisition: str = "thompson",
