@@ -140,9 +140,13 @@ def metrics(shown, observed, true_score) -> dict:
     return out
 
 
+def median_of(values) -> float:
+    """Median evaluations, a run that never got there (None) counting as infinitely many."""
+    return float(np.median(np.array([np.inf if x is None else x for x in values], dtype=np.float64)))
+
+
 def median_evals(values, budget) -> str:
-    v = np.array([np.inf if x is None else x for x in values], dtype=np.float64)
-    m = float(np.median(v))
+    m = median_of(values)
     return f">{budget}" if not np.isfinite(m) else f"{m:.0f}"
 
 
@@ -175,10 +179,9 @@ def ratios(rows: list[dict]) -> str:
         for group in sorted({r["group"] for r in rows}):
             med = {}
             for method in ("random", "walk", "surrogate"):
-                v = [np.inf if r["top01pct"] is None else r["top01pct"] for r in rows
-                     if (r["noise"], r["group"], r["method"]) == (noise, group, method)]
+                v = [r["top01pct"] for r in rows if (r["noise"], r["group"], r["method"]) == (noise, group, method)]
                 if v:
-                    med[method] = float(np.median(v))
+                    med[method] = median_of(v)
             if "surrogate" in med and len(med) > 1:
                 parts = [f"surrogate / {m} = {med['surrogate']:.1f} / {med[m]:.1f} = {med['surrogate'] / med[m]:.2f}"
                          for m in ("random", "walk") if m in med]
