@@ -42,6 +42,7 @@ from stimopt.errors import StimoptError
 
 ACQUISITIONS = ("thompson", "ucb", "greedy")
 INITS = ("random", "coreset")
+KERNELS = ("linear", "rff")
 
 
 def _blas_threads(n: int):
@@ -54,7 +55,6 @@ def _blas_threads(n: int):
     except ImportError:  # optional: without it the library default holds
         return contextlib.nullcontext()
     return threadpool_limits(n)
-KERNELS = ("linear", "rff")
 
 
 def _standardizer(arrays: list[np.ndarray], n_sample: int, seed: int = 12345) -> tuple[np.ndarray, np.ndarray]:
@@ -121,7 +121,7 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None, alphas:
         press = float(loo @ loo)
         if best is None or press < best[0]:
             best = (press, a, d, fitted, loo)
-    press, a, d, fitted, loo = best
+    _, a, d, fitted, loo = best
     loo = loo / sw  # y_i minus its prediction by the fit without row i
     rw = w if r2_weights is None else np.asarray(r2_weights, dtype=np.float64)
     ss_r2 = float(rw @ (y - rw @ y / rw.sum()) ** 2)
