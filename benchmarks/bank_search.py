@@ -46,7 +46,7 @@ def bank_responses(bank, layers: dict, n_units: int, cache: Path, batch: int = 2
         data = np.load(cache)
         if all(f"{g}_resp" in data for g in layers) and data[f"{next(iter(layers))}_resp"].shape[1] >= n_units:
             return {g: data[f"{g}_resp"][:, :n_units] for g in layers} | {f"{g}_units": data[f"{g}_units"][:n_units] for g in layers}
-    from stimopt_plugins.cnn import IMAGENET_MEAN, IMAGENET_STD, load_model
+    from stimopt.models import IMAGENET_MEAN, IMAGENET_STD, load_model
 
     net, _, _ = load_model("efficientnet_lite0")
     modules = dict(net.named_modules())

@@ -34,11 +34,12 @@ import torch.nn.functional as F
 
 from stimopt.natural import natural_crops
 from stimopt.objective import Objective
-from stimopt_plugins.cnn import CNNUnit, load_model
+from stimopt.models import load_model
+from stimopt_plugins.cnn import CNNUnit
 from stimopt_plugins.vislens import (
     BrainActiv, ImageVAEGenerator, Landscape, LatentGradient, LatentSpace, PriorShift, ridge_direction, target_responses,
 )
-from stimopt_plugins.vislens_vae import ConvVAE, PriorSpec, encode_means, landscape_report, save_landscape, train_vae
+from stimopt_plugins.vislens.vae import ConvVAE, PriorSpec, encode_means, landscape_report, save_landscape, train_vae
 
 
 def lite0_features():

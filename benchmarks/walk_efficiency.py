@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from stimopt.bank import demo_bank_path, load_bank
-from stimopt.bank.demo import cache_dir
+from stimopt.cache import cache_dir
 from stimopt_plugins.imagebeagle import Walk
 from stimopt_plugins.random_search import RandomSearch
 

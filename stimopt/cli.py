@@ -57,6 +57,10 @@ def _task(cfg) -> None:
             (run_dir / "error.txt").write_text(str(exc) + "\n")
             return
         sys.exit(2)
+    if summary["best_response"] is None:  # every response missing (e.g. a rig that never answered)
+        print(f"no response was recorded in {summary['n_evaluations']} evaluations ({summary['n_missing']} missing, "
+              f"{summary['wall_s']:.1f} s): {run_dir}")
+        return
     print(
         f"best response {summary['best_response']:.6g} after {summary['n_evaluations']} evaluations "
         f"({summary['wall_s']:.1f} s): {run_dir}"

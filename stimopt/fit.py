@@ -24,7 +24,8 @@ The function has the fixed signature::
 spec, ``cfg.seed``, ``cfg.device``); ``out_dir`` exists. It writes its checkpoint(s) into
 ``out_dir`` and returns a JSON-serializable report (by convention ``checkpoint``: path written,
 ``r2_test``: held-out R^2 per output, ``r2_test_median``). This app writes the report to
-``out_dir/report.json`` and prints a one-line summary. Data loading helpers live in
+``out_dir/report.json`` and prints a one-line summary. ``mode=match`` calls the function named by
+the model config's ``matcher:`` key with the same signature. Data loading helpers live in
 :mod:`stimopt.responses` (``load_dataset(cfg.data)``).
 """
 from __future__ import annotations
@@ -55,11 +56,12 @@ def _jsonable(obj):
     return obj
 
 
-def fit_function(cfg):
-    """The callable named by ``cfg.model._target_``."""
-    target = cfg.model.get("_target_") if cfg.get("model") is not None else None
+def fit_function(cfg, key: str = "_target_"):
+    """The callable named by ``cfg.model._target_`` (``mode=fit``) or ``cfg.model.matcher`` (``mode=match``)."""
+    target = cfg.model.get(key) if cfg.get("model") is not None else None
     if not target:
-        raise StimoptError("the model config needs '_target_: package.module.fit_function' (see stimopt/fit.py)")
+        what = "package.module.fit_function" if key == "_target_" else "package.module.match_function (this model cannot match neurons)"
+        raise StimoptError(f"the model config needs '{key}: {what}' (see stimopt/fit.py)")
     from hydra.utils import get_method
 
     try:
@@ -77,9 +79,7 @@ def run_fit(cfg, out_dir: str | Path) -> dict:
     if mode == "fit":
         report = fit_function(cfg)(cfg, out_dir)
     elif mode == "match":
-        from stimopt_plugins.neural import match_from_config
-
-        report = match_from_config(cfg, out_dir)
+        report = fit_function(cfg, key="matcher")(cfg, out_dir)
     else:
         raise StimoptError(f"mode must be 'fit' or 'match', got '{mode}'")
     report = _jsonable(dict(report))

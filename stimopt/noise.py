@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from stimopt.api import Target
+from stimopt.cache import cache_dir
 from stimopt.errors import StimoptError
 
 NOISE_KINDS = ("poisson", "gaussian")
@@ -43,10 +43,6 @@ def expected_max(samples: np.ndarray, k: int) -> float:
     i = np.arange(1, n + 1, dtype=np.float64)
     weights = (i / n) ** k - ((i - 1) / n) ** k
     return float(weights @ x)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("STIMOPT_CACHE", Path.home() / ".cache" / "stimopt"))
 
 
 def natural_responses(target: Target, n: int, size: int, seed: int = 0, batch: int = 100) -> np.ndarray:

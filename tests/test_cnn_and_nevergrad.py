@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import stimopt
-from stimopt_plugins.cnn import CNNUnit, LayerReader, load_model
+from stimopt.models import LayerReader, load_model
+from stimopt_plugins.cnn import CNNUnit
 from stimopt_plugins.nevergrad import NevergradOptimizer
 
 

@@ -11,7 +11,7 @@ import torch
 
 from stimopt.errors import StimoptError
 from stimopt_plugins.rig import RigTarget, gen_name
-from stimopt_plugins.rig_sim import LabSim
+from stimopt_plugins.rig.sim import LabSim
 
 
 def images(n=6, seed=0, size=16):

@@ -8,7 +8,7 @@ import torch
 import stimopt
 from stimopt.errors import StimoptError
 from stimopt.objective import Objective
-from stimopt_plugins.vislens_vae import ConvVAE, LinearVAE, PriorSpec, encode_means, landscape_report, save_landscape, train_vae
+from stimopt_plugins.vislens.vae import ConvVAE, LinearVAE, PriorSpec, encode_means, landscape_report, save_landscape, train_vae
 
 
 @pytest.fixture(autouse=True)

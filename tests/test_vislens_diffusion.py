@@ -169,7 +169,7 @@ def test_vislens_runs_prior_shift_and_brainactiv(tiny_world, latent_gen, tmp_pat
 
 
 def test_missing_weights_are_one_line_errors(tiny_world, tmp_path):
-    from stimopt_plugins.vislens_clip import ClipEmbedder
+    from stimopt_plugins.vislens.clip import ClipEmbedder
 
     with pytest.raises(StimoptError, match=r"stable-diffusion-v1-5|Stable Diffusion weights not found at .*nowhere"):
         _generator(dict(tiny_world, sd=str(tmp_path / "nowhere")))

@@ -12,7 +12,8 @@ import torch
 import stimopt
 from stimopt import plugins
 from stimopt.errors import StimoptError
-from stimopt_plugins import deepsim, xdream
+from stimopt_plugins import xdream
+from stimopt_plugins.xdream import deepsim
 from conftest import FAST, cli_env, run_cli
 
 CODE_DIMS = {"norm1": 96 * 27 * 27, "norm2": 256 * 13 * 13, "conv3": 384 * 13 * 13, "conv4": 384 * 13 * 13,

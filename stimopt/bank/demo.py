@@ -10,13 +10,13 @@ built once into ``$STIMOPT_CACHE`` (default ``~/.cache/stimopt``).
 """
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from stimopt.cache import cache_dir
 from stimopt.errors import StimoptError
 
 DEMO_SIZE = 20_000
@@ -27,10 +27,6 @@ CATEGORY = ["photo"] * 8 + ["gaudy"] * 2 + ["grating", "gabor", "bars", "blobs",
 CROP_BLOCK = 1024
 FALLBACK_NOTE = ("features from EfficientNet-Lite0 blocks.3 (offline weights) instead of the paper's ResNet-50 layer3, "
                  "whose weights are not on this machine")
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("STIMOPT_CACHE") or Path.home() / ".cache" / "stimopt")
 
 
 @lru_cache(maxsize=64)

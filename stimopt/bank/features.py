@@ -2,7 +2,7 @@
 
 Paper default: ResNet-50 ``layer3`` at 224 px (14x14x1024) pooled with kernel 4, stride 5 to
 3x3x1024 = 9,216 dimensions. ``model=pixels`` uses downsampled pixels (no network; for tests and
-quick banks). Weights are loaded by :func:`stimopt_plugins.cnn.load_model`, so missing
+quick banks). Weights are loaded by :func:`stimopt.models.load_model`, so missing
 pretrained weights are a one-line error; ``weights=random`` builds the model from a fixed seed,
 so every shard job gets the same network.
 """
@@ -42,7 +42,7 @@ class FeatureExtractor:
         if spec.model == "pixels":
             self.reader = None
             return
-        from stimopt_plugins.cnn import LayerReader, load_model
+        from stimopt.models import LayerReader, load_model
 
         torch.manual_seed(spec.seed)  # weights=random: the same network in every process
         net, mean, std = load_model(spec.model, spec.weights)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stimopt.api import BankSpace
+from stimopt.bank.bank import load_bank
 from stimopt.errors import StimoptError
 
 
@@ -81,18 +83,19 @@ def tuning_curve(run_dir: str | Path, max_steps: int = 12, log=None) -> dict:
     cfg = OmegaConf.create(store.meta("config"))
     codes, responses = store.codes(), store.responses()
     store.close()
-    if cfg.generator.get("name") != "imagebeagle":
-        raise StimoptError(f"tuning curves need an imagebeagle run; {run_dir} used generator '{cfg.generator.get('name')}'")
     plugins.load_plugins()
     seed_everything(int(cfg.seed))  # as build_run does, so randomly initialized targets are the run's
     generator = build("generator", cfg.generator, device="cpu")
+    space = generator.space
+    if not isinstance(space, BankSpace) or space.graph is None or space.path is None:
+        raise StimoptError(f"tuning curves need a run over a bank with a kNN graph; {run_dir} used generator {generator.describe()}")
     ok = np.isfinite(responses)
     if ok.sum() < 2:
         raise StimoptError(f"{run_dir} has fewer than 2 scored images")
     sign = -1.0 if cfg.direction == "min" else 1.0
     codes, responses = np.asarray(codes).reshape(len(codes), -1)[:, 0].astype(np.int64)[ok], responses[ok]
     worst, best = int(codes[np.argmin(sign * responses)]), int(codes[np.argmax(sign * responses)])
-    path = graph_path(generator.bank.graph, worst, best)
+    path = graph_path(space.graph, worst, best)
     if path is None:
         raise StimoptError("the run's worst and best images are not connected in the bank's graph within 64 steps")
     if len(path) > max_steps:  # keep both ends, subsample the middle evenly
@@ -102,7 +105,7 @@ def tuning_curve(run_dir: str | Path, max_steps: int = 12, log=None) -> dict:
         images = generator.generate(np.array(path))
         resp = np.asarray(torch.as_tensor(target.evaluate(images)).float().cpu()).reshape(len(path), -1)[:, 0]
     target.close()
-    names = generator.bank.names(path)
+    names = load_bank(space.path).names(path)
     rows = [{"step": s, "index": i, "name": nm, "response": float(r)} for s, (i, nm, r) in enumerate(zip(path, names, resp))]
     with open(run_dir / "tuning.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["step", "index", "name", "response"])

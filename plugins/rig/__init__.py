@@ -298,3 +298,8 @@ class RigTarget(stimopt.Target):
 @stimopt.hookimpl
 def register_targets(register):
     register("rig", RigTarget)
+
+
+@stimopt.hookimpl
+def register_config_dirs(register):
+    register(str(Path(__file__).parent / "conf"))

@@ -36,7 +36,8 @@ from torch import nn
 
 import stimopt
 from stimopt.errors import StimoptError
-from stimopt_plugins.cnn import LayerReader, load_model, resolve_device
+from stimopt.device import resolve_device
+from stimopt.models import LayerReader, load_model
 
 CHECKPOINT_VERSION = 1
 
@@ -391,7 +392,7 @@ def demo_checkpoint(kind: str) -> Path:
     import shutil
     import subprocess
 
-    from stimopt.bank.demo import cache_dir
+    from stimopt.cache import cache_dir
 
     out = cache_dir() / "fits" / f"{kind}-demo-v1"
     if (out / "model.pt").is_file():
@@ -561,3 +562,8 @@ def match_from_config(cfg, out_dir: Path) -> dict:
 def register_targets(register):
     register("v4_ensemble", V4EnsembleTarget)
     register("encoder", EncoderTarget)
+
+
+@stimopt.hookimpl
+def register_config_dirs(register):
+    register(str(Path(__file__).parent / "conf"))

@@ -19,6 +19,7 @@ when all coresets are used up, global steps draw unevaluated images at random.
 """
 from __future__ import annotations
 
+from pathlib import Path
 import heapq
 from collections import deque
 
@@ -294,3 +295,8 @@ def register_generators(register):
 @stimopt.hookimpl
 def register_optimizers(register):
     register("walk", Walk)
+
+
+@stimopt.hookimpl
+def register_config_dirs(register):
+    register(str(Path(__file__).parent / "conf"))

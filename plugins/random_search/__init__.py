@@ -5,6 +5,7 @@ without replacement (nothing is evaluated twice), so memory grows with the budge
 """
 from __future__ import annotations
 
+from pathlib import Path
 import numpy as np
 
 import stimopt
@@ -49,3 +50,8 @@ class RandomSearch(stimopt.Optimizer):
 @stimopt.hookimpl
 def register_optimizers(register):
     register("random", RandomSearch)
+
+
+@stimopt.hookimpl
+def register_config_dirs(register):
+    register(str(Path(__file__).parent / "conf"))

@@ -1,5 +1,5 @@
 """XDream's optimizers (Xiao & Kreiman 2020): a genetic algorithm, NES and finite-difference
-gradient descent, plus the DeePSiM generators (stimopt_plugins.deepsim) and image encoding.
+gradient descent, plus the DeePSiM generators (stimopt_plugins.xdream.deepsim) and image encoding.
 
 - ``optimizer=ga``: population = batch; each generation keeps the ``n_conserve`` best codes,
   and breeds the rest: two parents drawn with probability ``exp((s - s_best) / kT)`` where
@@ -375,9 +375,14 @@ def main(argv: list[str] | None = None) -> int:
 
 @stimopt.hookimpl
 def register_generators(register):
-    from stimopt_plugins.deepsim import DeepSimGenerator
+    from stimopt_plugins.xdream.deepsim import DeepSimGenerator
 
     register("deepsim", DeepSimGenerator)
+
+
+@stimopt.hookimpl
+def register_config_dirs(register):
+    register(str(Path(__file__).parent / "conf"))
 
 
 @stimopt.hookimpl

@@ -8,6 +8,7 @@ a missing (NaN) score are not told, as if that trial never happened.
 """
 from __future__ import annotations
 
+from pathlib import Path
 import pickle
 
 import numpy as np
@@ -79,3 +80,8 @@ class NevergradOptimizer(stimopt.Optimizer):
 @stimopt.hookimpl
 def register_optimizers(register):
     register("nevergrad", NevergradOptimizer)
+
+
+@stimopt.hookimpl
+def register_config_dirs(register):
+    register(str(Path(__file__).parent / "conf"))

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 
 import stimopt
 from stimopt.errors import StimoptError
-from stimopt_plugins.cnn import resolve_device
-from stimopt_plugins.vislens_vae import (
+from stimopt.device import resolve_device
+from stimopt_plugins.vislens.vae import (
     ConvVAE, LinearVAE, PriorSpec, encode_means, landscape_report, load_landscape, point_kld, save_landscape, train_vae,
 )
 
@@ -151,7 +151,7 @@ class VisLensGenerator(stimopt.Generator):
         seed: int = 42, guidance_scale: float = 7.5, ip_scale: float = 1.0, size: int = 512,
         dtype: str = "auto", device: str = "auto",
     ):
-        from stimopt_plugins.vislens_diffusion import ip_embed_dim, load_pipeline
+        from stimopt_plugins.vislens.diffusion import ip_embed_dim, load_pipeline
 
         if code not in ("latent", "clip"):
             raise StimoptError(f"generator.code must be 'latent' (VAE latents) or 'clip' (CLIP embeddings), got '{code}'")
@@ -186,7 +186,7 @@ class VisLensGenerator(stimopt.Generator):
             return self.vae.decode(codes.to(self.device)).float().cpu()
 
     def generate(self, codes):
-        from stimopt_plugins.vislens_diffusion import synthesize
+        from stimopt_plugins.vislens.diffusion import synthesize
 
         z = torch.as_tensor(np.asarray(codes), dtype=torch.float32)
         if z.ndim != 2 or z.shape[1] != self._space.dim:
@@ -524,7 +524,7 @@ def fit_vislens_vae(cfg, out_dir: Path) -> dict:
     if not np.isfinite(r).all():
         raise StimoptError(f"the target returned NaN/inf for {int((~np.isfinite(r)).sum())} images; check the target config")
     if kind == "clip":
-        from stimopt_plugins.vislens_clip import ClipEmbedder, cached_embeddings
+        from stimopt_plugins.vislens.clip import ClipEmbedder, cached_embeddings
 
         emb = ClipEmbedder(str(m.clip.model), str(m.clip.pretrained), device=device, batch_size=int(m.clip.batch_size))
         x = cached_embeddings(emb, images, cache_dir or out_dir, f"{source}".replace("/", "_")[-40:])
@@ -584,3 +584,8 @@ def register_optimizers(register):
     register("prior_shift", PriorShift)
     register("latent_gradient", LatentGradient)
     register("brainactiv", BrainActiv)
+
+
+@stimopt.hookimpl
+def register_config_dirs(register):
+    register(str(Path(__file__).parent / "conf"))

@@ -4,6 +4,7 @@ Both are fully batched and differentiable (``generate_torch`` keeps gradients).
 """
 from __future__ import annotations
 
+from pathlib import Path
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 
 import stimopt
 from stimopt.errors import StimoptError
-from stimopt_plugins.cnn import resolve_device
+from stimopt.device import resolve_device
 
 # Decorrelated colour: codes drive luminance and two opponent channels (rows: R, G, B).
 COLOR_MIX = torch.tensor([[0.58, 0.71, 0.41], [0.58, 0.00, -0.82], [0.58, -0.71, 0.41]])
@@ -97,3 +98,8 @@ class FourierGenerator(_TorchGenerator):
 def register_generators(register):
     register("pixels", PixelGenerator)
     register("fourier", FourierGenerator)
+
+
+@stimopt.hookimpl
+def register_config_dirs(register):
+    register(str(Path(__file__).parent / "conf"))

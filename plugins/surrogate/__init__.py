@@ -32,6 +32,7 @@ the model is refit from it, so a resumed run continues exactly.
 """
 from __future__ import annotations
 
+from pathlib import Path
 import contextlib
 import math
 
@@ -604,3 +605,8 @@ class SurrogateSearch(stimopt.Optimizer):
 @stimopt.hookimpl
 def register_optimizers(register):
     register("surrogate", SurrogateSearch)
+
+
+@stimopt.hookimpl
+def register_config_dirs(register):
+    register(str(Path(__file__).parent / "conf"))

@@ -24,7 +24,7 @@ from torch import nn
 
 import stimopt
 from stimopt.errors import StimoptError
-from stimopt_plugins.cnn import resolve_device
+from stimopt.device import resolve_device
 
 #: Caffe's ImageNet mean in BGR order: DeePSiM outputs mean-subtracted BGR images in 0..255.
 BGR_MEAN = (104.0, 117.0, 123.0)

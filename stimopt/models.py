@@ -1,4 +1,5 @@
-"""CNN unit targets: one channel (at a spatial position) of any layer of a torchvision or timm model.
+"""Model loading and layer reading, shared by every family that runs a torchvision/timm network
+(CNN unit targets, fitted model neurons, bank features).
 
 Weights come from the libraries' normal loading code. Nothing is downloaded: when a model's
 weights are not on this machine the error says which file to fetch and where to put it.
@@ -10,22 +11,12 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.nn.functional as F
 
-import stimopt
 from stimopt.errors import StimoptError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OFFLINE_PACKAGED = {"efficientnet_lite0"}
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise StimoptError(f"device={device} asked for, but no CUDA GPU is available; use device=auto or device=cpu")
-    return torch.device(device)
 
 
 def _load_lite0() -> torch.nn.Module:
@@ -150,81 +141,3 @@ class LayerReader:
             raise StimoptError("the chosen layer was not reached in the forward pass")
         out = self._out
         return out[0] if isinstance(out, (tuple, list)) else out
-
-
-class CNNUnit(stimopt.Target):
-    """Response of one unit: a channel of ``layer`` at ``position`` (default: the centre).
-
-    ``model`` is a torchvision/timm name or an ``nn.Module`` (tests pass tiny ones);
-    ``relu=True`` reads the unit after a ReLU (for layers whose output is pre-activation);
-    ``spatial='mean'`` averages the channel over space instead of reading one position.
-    """
-
-    def __init__(
-        self,
-        model="efficientnet_lite0",
-        layer: str = "blocks.3",
-        unit: int = 0,
-        position=None,
-        spatial: str = "center",
-        relu: bool = False,
-        input_size: int = 128,
-        weights: str = "pretrained",
-        device: str = "auto",
-    ):
-        self.device = resolve_device(device)
-        if isinstance(model, torch.nn.Module):
-            net, mean, std, self.model_name = model.eval(), IMAGENET_MEAN, IMAGENET_STD, type(model).__name__
-        else:
-            net, mean, std = load_model(str(model), weights)
-            self.model_name = str(model)
-        self.net = net.to(self.device)
-        for p in self.net.parameters():
-            p.requires_grad_(False)
-        self.reader = LayerReader(self.net, layer, self.model_name)
-        self.layer, self.unit, self.relu, self.input_size = layer, int(unit), bool(relu), int(input_size)
-        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
-        if spatial not in ("center", "mean"):
-            raise StimoptError(f"target.spatial must be 'center' or 'mean', got '{spatial}'")
-        self.spatial = spatial
-        with torch.no_grad():
-            shape = self._features(torch.zeros(1, 3, self.input_size, self.input_size, device=self.device)).shape
-        if len(shape) == 2:  # a fully connected layer: [B, C]
-            channels, height, width = shape[1], 1, 1
-        else:
-            channels, height, width = shape[1], shape[2], shape[3]
-        self.feature_shape = tuple(shape[1:])
-        if not 0 <= self.unit < channels:
-            raise StimoptError(f"unit {unit} is out of range: layer '{layer}' of {self.model_name} has {channels} channels (0..{channels - 1})")
-        if position is None:
-            position = (height // 2, width // 2)
-        self.position = tuple(int(v) for v in position)
-        if len(shape) > 2 and not (0 <= self.position[0] < height and 0 <= self.position[1] < width):
-            raise StimoptError(f"position {list(self.position)} is outside layer '{layer}' ({height}x{width} at {self.input_size} px)")
-
-    def _features(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.device, torch.float32)
-        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True, align_corners=False)
-        x = (x - self.mean) / self.std
-        out = self.reader(x)
-        return F.relu(out) if self.relu else out
-
-    def evaluate(self, images):
-        feats = self._features(images)
-        if feats.ndim == 2:
-            r = feats[:, self.unit]
-        elif self.spatial == "mean":
-            r = feats[:, self.unit].mean(dim=(-2, -1))
-        else:
-            r = feats[:, self.unit, self.position[0], self.position[1]]
-        return r.float()
-
-    def describe(self) -> str:
-        return f"{self.model_name}:{self.layer}[{self.unit}]@{self.spatial if self.spatial == 'mean' else list(self.position)}"
-
-
-@stimopt.hookimpl
-def register_targets(register):
-    register("cnn_unit", CNNUnit)
