@@ -113,15 +113,6 @@ def main() -> None:
 
 def compose_fit(overrides: list[str] | None = None):
     """The composed fit config, exactly as ``stimopt-fit OVERRIDES`` would see it (tests, notebooks)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from stimopt.config import compose_app
 
-    from stimopt.config import install_search_path
-
-    plugins.load_plugins()
-    install_search_path()
-    GlobalHydra.instance().clear()
-    core_dir = next(folder for name, folder in plugins.config_dirs() if name == "core")
-    with initialize_config_dir(config_dir=core_dir, version_base="1.3"):
-        return hydra_compose("fit", overrides=list(overrides or []))
+    return compose_app("fit", overrides)

@@ -39,6 +39,8 @@ _failed: dict[str, PluginInfo] = {}
 _dist_of: dict[str, tuple[str, str | None]] = {}
 _registry: dict[str, dict[str, tuple[type, str]]] | None = None
 _config_dirs: list[tuple[str, str]] | None = None
+_unknown: list[str] = []  # names in STIMOPT_LOAD_PLUGINS that no installed plugin has
+_installed: list[str] = []
 
 
 def load_plugins() -> None:
@@ -49,7 +51,11 @@ def load_plugins() -> None:
     _loaded = True
     allowed = os.environ.get("STIMOPT_LOAD_PLUGINS")
     allow = None if allowed is None else {s.strip() for s in allowed.split(",") if s.strip()}
-    for ep in importlib.metadata.entry_points(group=GROUP):
+    eps = list(importlib.metadata.entry_points(group=GROUP))
+    _installed[:] = sorted({ep.name for ep in eps})
+    if allow is not None:
+        _unknown[:] = sorted(allow - set(_installed))
+    for ep in eps:
         if allow is not None and ep.name not in allow:
             continue
         if pm.get_plugin(ep.name) is not None:
@@ -65,6 +71,17 @@ def load_plugins() -> None:
         pm.register(module, name=ep.name)
         _dist_of[ep.name] = (dist.name if dist else ep.name, version)
 
+
+
+def check_load_env() -> None:
+    """A one-line error when ``STIMOPT_LOAD_PLUGINS`` names a plugin that is not installed, or leaves out ``core``."""
+    load_plugins()
+    installed = ", ".join(_installed) or "(none)"
+    if _unknown:
+        raise StimoptError(f"STIMOPT_LOAD_PLUGINS names unknown plugin(s) {', '.join(_unknown)}; installed plugins: "
+                           f"{installed} (unset STIMOPT_LOAD_PLUGINS to load them all)")
+    if pm.get_plugin("core") is None:
+        raise StimoptError(f"STIMOPT_LOAD_PLUGINS must include 'core' (it holds the primary configs); installed plugins: {installed}")
 
 
 def register_plugin(module, name: str) -> None:
@@ -107,17 +124,55 @@ def registry() -> dict[str, dict[str, tuple[type, str]]]:
     return _registry
 
 
+def _folder_of(location: str) -> str:
+    """The folder a registered config location names: a path, ``file://PATH`` or ``pkg://package.sub``
+    (Hydra's search-path URIs). A ``pkg://`` package must be importable from a folder on disk."""
+    text = str(location)
+    if text.startswith("file://"):
+        return os.path.abspath(text[len("file://"):])
+    if text.startswith("pkg://"):
+        import importlib.util
+
+        package = text[len("pkg://"):].strip("/").replace("/", ".")
+        try:
+            spec = importlib.util.find_spec(package)
+        except (ImportError, ValueError) as exc:
+            raise StimoptError(f"config folder '{text}' names a package that cannot be imported ({exc}); "
+                               "register pkg://<importable package> or a folder path") from None
+        if spec is None or not spec.submodule_search_locations:
+            raise StimoptError(f"config folder '{text}': '{package}' is not an importable package (add an __init__.py "
+                               "to the folder, or register its path)")
+        return os.path.abspath(list(spec.submodule_search_locations)[0])
+    if "://" in text:
+        raise StimoptError(f"config folder '{text}': only folder paths, file:// and pkg:// locations are supported")
+    return os.path.abspath(text)
+
+
 def config_dirs() -> list[tuple[str, str]]:
-    """``[(plugin_name, folder), ...]`` of registered Hydra config folders, in load order."""
+    """``[(plugin_name, folder), ...]`` of registered Hydra config folders, in load order.
+
+    A plugin may register a folder path, a ``file://`` URI or a ``pkg://`` URI (as on Hydra's
+    search path); each is returned as an absolute folder path.
+    """
     global _config_dirs
     load_plugins()
     if _config_dirs is None:
         dirs = []
         for plugin_name, plugin in pm.list_name_plugin():
-            for (folder,) in _collect("register_config_dirs", plugin):
-                dirs.append((plugin_name, os.path.abspath(str(folder))))
+            for (location,) in _collect("register_config_dirs", plugin):
+                dirs.append((plugin_name, _folder_of(location)))
         _config_dirs = dirs
     return _config_dirs
+
+
+def group_options(group: str) -> list[str]:
+    """The options of config group ``group`` (``optimizer`` -> ``[cmaes, ga, ...]``) in every registered folder."""
+    names: set[str] = set()
+    for _, folder in config_dirs():
+        base = os.path.join(folder, *group.split("/"))
+        if os.path.isdir(base):
+            names |= {f[:-5] for f in os.listdir(base) if f.endswith(".yaml")}
+    return sorted(names)
 
 
 def lookup(kind: str, name: str) -> type:
