@@ -75,8 +75,11 @@ class Run:
 
     # -- checkpointing ----------------------------------------------------------------------
     def checkpoint(self) -> dict:
+        """Plain values and arrays only (stimopt.state writes it without pickle)."""
+        import dataclasses
+
         return {
-            "progress": self.progress,
+            "progress": dataclasses.asdict(self.progress),
             "optimizer": self.optimizer.state_dict(),
             "target": self.target.state_dict(),
         }
@@ -86,8 +89,11 @@ class Run:
         saved = self.store.checkpoint()
         if saved is None:
             return False
+        import dataclasses
+
         _, state = saved
-        self.progress = state["progress"]
+        known = {f.name for f in dataclasses.fields(Progress)}
+        self.progress = Progress(**{k: v for k, v in dict(state["progress"]).items() if k in known})
         self.optimizer.load_state_dict(state["optimizer"])
         self.target.load_state_dict(state["target"])
         return True

@@ -8,18 +8,21 @@ Tables:
   response (NULL when missing), score, all outputs (float32 blob), the code (float32 blob) or
   bank index that reproduces the image, and optimizer metadata (JSON, e.g. parents).
 - ``generations``: per generation n, best/mean response, cumulative evaluations, wall time.
-- ``checkpoint``: the latest engine state (pickled), replaced every generation.
+- ``checkpoint``: the latest engine state (stimopt.state: arrays and plain values, never a pickle),
+  replaced every generation.
 - ``meta``: the run's config, config hash and status.
 """
 from __future__ import annotations
 
 import json
 import math
-import pickle
 import sqlite3
 from pathlib import Path
 
 import numpy as np
+
+from stimopt import state as safe_state
+from stimopt.errors import StimoptError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -102,7 +105,7 @@ class RunStore:
                 None if info is None else json.dumps(info[i]),
             ))
         finite = response[np.isfinite(response)]
-        blob = pickle.dumps(checkpoint, protocol=pickle.HIGHEST_PROTOCOL)
+        blob = safe_state.dumps(checkpoint)
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany(
@@ -127,7 +130,12 @@ class RunStore:
     # -- reading back ------------------------------------------------------------------------
     def checkpoint(self) -> tuple[int, dict] | None:
         row = self.db.execute("SELECT generation, state FROM checkpoint WHERE id=0").fetchone()
-        return None if row is None else (row[0], pickle.loads(row[1]))
+        if row is None:
+            return None
+        try:
+            return row[0], safe_state.loads(row[1], what=f"checkpoint in {self.path}")
+        except StimoptError as exc:
+            raise StimoptError(f"cannot resume: {exc}; start a new run (stimopt-recover salvages the evaluations)") from None
 
     def n_evaluations(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
