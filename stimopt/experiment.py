@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from stimopt import plugins
+from stimopt import plugins, schema
 from stimopt.engine import Run
 from stimopt.errors import StimoptError
 from stimopt.objective import Objective
@@ -22,34 +22,62 @@ from stimopt.store import RunStore
 RESUME_FREE_KEYS = ("resume", "logger", "budget", "device", "store")
 
 
+def _contract(kind: str) -> type:
+    from stimopt.api import Generator, Optimizer, Target
+
+    return {"target": Target, "generator": Generator, "optimizer": Optimizer}[kind]
+
+
 def component_name(node) -> str:
-    if node.get("_target_"):
-        return str(node["_target_"]).rsplit(".", 1)[-1] + (f":{node['name']}" if node.get("name") else "")
-    return str(node.get("name", "?"))
+    """The registered name of the class a group config selects (``cmaes`` -> ``nevergrad``), else its class name."""
+    path = node.get("_target_") if node is not None else None
+    if not path:
+        return str(node.get("name", "?")) if node is not None else "?"
+    try:
+        from hydra.utils import get_class
+
+        cls = get_class(str(path))
+    except Exception:
+        return str(path).rsplit(".", 1)[-1]
+    for reg in plugins.registry().values():
+        for name, (registered, _) in reg.items():
+            if registered is cls:
+                return name
+    return cls.__name__
 
 
 def resolve_class(kind: str, node: DictConfig) -> type:
-    if node.get("_target_"):
-        from hydra.utils import get_class
+    """The class a group config selects with ``_target_`` (Hydra's key); it must subclass the kind's contract."""
+    contract = _contract(kind)
+    path = node.get("_target_")
+    if not path:
+        reg = plugins.registry()[kind]
+        legacy = node.get("name")
+        example = (f"{reg[legacy][0].__module__}.{reg[legacy][0].__qualname__}" if legacy in reg
+                   else "package.module.Class")
+        raise StimoptError(f"the {kind} config needs '_target_: {example}' (a stimopt.{contract.__name__} subclass); "
+                           "'name:' does not select a class")
+    from hydra.utils import get_class
 
-        try:
-            return get_class(node["_target_"])
-        except Exception as exc:
-            raise StimoptError(f"{kind} class '{node['_target_']}' cannot be imported: {exc}") from None
-    if not node.get("name"):
-        raise StimoptError(f"the {kind} config needs 'name: <registered {kind}>' or '_target_: package.Class'")
-    return plugins.lookup(kind, node["name"])
+    try:
+        cls = get_class(str(path))
+    except Exception as exc:
+        raise StimoptError(f"{kind} class '{path}' cannot be imported: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, contract)):
+        raise StimoptError(f"{kind}._target_ must name a stimopt.{contract.__name__} subclass, got '{path}'")
+    return cls
 
 
 def build(kind: str, node: DictConfig, **context):
-    """Instantiate a target/generator/optimizer from its group config.
+    """Instantiate a target/generator/optimizer from its group config, as ``hydra.utils.instantiate``
+    would (``_target_`` names the class, every other key is a constructor option; nested nodes are
+    passed as plain values, never instantiated), after checking the class and the options.
 
     Context values (``device``) are passed when the class's constructor takes them.
     """
     cls = resolve_class(kind, node)
-    # With _target_, every other key (``name`` included) is a constructor option.
-    meta = ("_target_",) if node.get("_target_") else ("name",)
-    kwargs = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in meta}
+    data = OmegaConf.to_container(node, resolve=True)
+    kwargs = {k: v for k, v in data.items() if not (k.startswith("_") and k.endswith("_"))}
     sig = inspect.signature(cls.__init__)
     takes_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
     for key, value in context.items():
@@ -75,6 +103,8 @@ def check_fit(space_type: type, accepts: tuple, gen_name: str, opt_name: str, sp
     """
     if (isinstance(space, accepts) if space is not None else issubclass(space_type, accepts)):
         return
+    from stimopt.config import presets_for
+
     reg = plugins.registry()
     fitting_opts = sorted(
         n for n, (cls, _) in reg["optimizer"].items() if issubclass(space_type, getattr(cls, "accepts", ()))
@@ -86,6 +116,7 @@ def check_fit(space_type: type, accepts: tuple, gen_name: str, opt_name: str, sp
         f"optimizer '{opt_name}' cannot search generator '{gen_name}' ({space_type.kind} codes); "
         f"optimizers that fit '{gen_name}': {', '.join(fitting_opts) or 'none'}; "
         f"generators that fit '{opt_name}': {', '.join(fitting_gens) or 'none'}"
+        + "".join(f"; or use experiment={p}" for p in presets_for("optimizer", opt_name)[:1])
     )
 
 
@@ -137,6 +168,7 @@ def open_store(cfg: DictConfig, run_dir: Path) -> RunStore:
 
 def build_run(cfg: DictConfig, run_dir: Path) -> Run:
     """Compose target, generator, optimizer, objective and store; restore state when resuming."""
+    schema.validate(cfg)  # types and ranges of the top-level keys, before anything is built (stimopt.schema)
     plugins.load_plugins()
     if cfg.budget is None or int(cfg.budget) <= 0:
         raise StimoptError(f"budget must be a positive number of evaluations, got {cfg.budget}")
@@ -147,8 +179,8 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
     optimizer = build("optimizer", cfg.optimizer)
     from stimopt import noise
 
-    target_cfg, noise_cfg = noise.split_config(cfg.target)  # noise keys wrap the target (stimopt.noise)
-    target = noise.wrap(build("target", target_cfg, device=cfg.device), noise_cfg, seed=int(cfg.seed))
+    # the noise group (noise=none|poisson|gaussian) wraps any target (stimopt.noise)
+    target = noise.wrap(build("target", cfg.target, device=cfg.device), cfg.get("noise"), seed=int(cfg.seed))
     generator = build("generator", cfg.generator, device=cfg.device)
     check_fit(type(generator.space), opt_cls.accepts, gen_name, opt_name, space=generator.space)
     objective = Objective(cfg.direction, **OmegaConf.to_container(cfg.get("objective") or {}, resolve=True))
