@@ -74,3 +74,6 @@ def write(run, summary: dict) -> None:
     (d / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     save_trajectory(run, d / "trajectory.png")
     save_best(run, d / "best.png")
+    from stimopt.html_report import write_page_safely
+
+    write_page_safely(d, summary, run.generator)  # report.html (stimopt.html_report)

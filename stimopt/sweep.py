@@ -89,3 +89,6 @@ class SweepReport(Callback):
         print(write_table(rows, common, sweep_dir))
         plot(rows, sweep_dir)
         print(f"sweep table and plot: {sweep_dir}/sweep_summary.md, {sweep_dir}/sweep.png")
+        from stimopt.html_sweep import write_page_safely
+
+        write_page_safely(sweep_dir)  # sweep.html (stimopt.html_sweep)

@@ -1,0 +1,125 @@
+"""Reading a run store without disturbing the run that writes it.
+
+The pages (``report.html``, ``sweep.html``, the live ``stimopt-watch`` page) read
+``evaluations.sqlite`` through this module only: a read-only connection (``mode=ro`` URI, so no
+write transaction can ever start), a short busy timeout, one short read per call, and a fresh
+connection each time (so a run that is killed, resumed or replaced is simply read again). SQLite
+in WAL mode lets such readers run beside the writer without blocking it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+
+from stimopt.errors import StimoptError
+
+STORE_NAME = "evaluations.sqlite"
+BUSY_TIMEOUT_S = 0.25
+
+
+def store_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / STORE_NAME
+
+
+def connect(run_dir: str | Path) -> sqlite3.Connection:
+    """A read-only connection to the run's store; a one-line error when there is none."""
+    path = store_path(run_dir)
+    if not path.exists():
+        raise StimoptError(f"{run_dir} is not a run directory: it has no {STORE_NAME}")
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+    db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+    db.execute("PRAGMA query_only=ON")
+    return db
+
+
+def _rows(db: sqlite3.Connection, sql: str, args=()) -> list[dict]:
+    cur = db.execute(sql, args)
+    cols = [c[0] for c in cur.description]
+    return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+
+def _meta(db: sqlite3.Connection) -> dict:
+    try:
+        return {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta").fetchall()}
+    except sqlite3.OperationalError:  # a store created a moment ago, before its tables
+        return {}
+
+
+def _decode(row: dict) -> dict:
+    code = row.pop("code")
+    row["code"] = row["bank_index"] if code is None else np.frombuffer(code, dtype=np.float32).copy()
+    return row
+
+
+def _extremes(db: sqlite3.Connection, k: int, best: bool) -> list[dict]:
+    order = "DESC" if best else "ASC"
+    rows = _rows(
+        db,
+        "SELECT id, generation, position, response, score, code, bank_index FROM evaluations"
+        f" WHERE score IS NOT NULL ORDER BY score {order}, id ASC LIMIT ?",
+        (int(k),),
+    )
+    return [_decode(r) for r in rows]
+
+
+def snapshot(run_dir: str | Path, k: int = 8, worst: bool = True) -> dict:
+    """Everything the pages show, read in one short read-only transaction.
+
+    Returns meta (config, status, ...), generations (with best so far), the k best and k worst
+    evaluations (with their codes) and totals derived from the stored rows.
+    """
+    with closing(connect(run_dir)) as db:
+        db.execute("BEGIN")  # one consistent snapshot of the WAL; a read transaction, never a write
+        try:
+            meta = _meta(db)
+            try:
+                gens = _rows(
+                    db,
+                    "SELECT generation, n, n_missing, best_response, mean_response, n_evaluations, wall_s"
+                    " FROM generations ORDER BY generation",
+                )
+                best = _extremes(db, k, True)
+                bottom = _extremes(db, k, False) if worst else []
+                first_best = None
+                if best:
+                    first_best = db.execute(
+                        "SELECT COUNT(*) FROM evaluations WHERE id <= (SELECT MIN(id) FROM evaluations"
+                        " WHERE score IS NOT NULL AND score >= ?)", (best[0]["score"],)
+                    ).fetchone()[0]
+            except sqlite3.OperationalError:
+                gens, best, bottom, first_best = [], [], [], None
+        finally:
+            db.execute("COMMIT")
+    direction = (meta.get("config") or {}).get("direction", "max")
+    pick = max if direction == "max" else min
+    so_far = None
+    for g in gens:
+        if g["best_response"] is not None:
+            so_far = g["best_response"] if so_far is None else pick(so_far, g["best_response"])
+        g["best_so_far"] = so_far
+    return {
+        "meta": meta,
+        "direction": direction,
+        "generations": gens,
+        "best": best,
+        "worst": bottom,
+        "n_evaluations": gens[-1]["n_evaluations"] if gens else 0,
+        "n_missing": int(sum(g["n_missing"] for g in gens)),
+        "best_response": best[0]["response"] if best else None,
+        "evaluations_to_best": first_best,
+        "loop_s": float(sum(g["wall_s"] or 0.0 for g in gens)),
+    }
+
+
+def bank_codes(snap: dict, indices) -> np.ndarray:
+    return np.asarray([int(i) for i in indices], dtype=np.int64)
+
+
+def finite_or_none(x):
+    return None if x is None or not math.isfinite(float(x)) else float(x)
