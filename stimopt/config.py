@@ -141,3 +141,21 @@ def compose_app(config_name: str, overrides: list[str] | None = None, return_hyd
 def compose(overrides: list[str] | None = None, return_hydra_config: bool = False):
     """The composed experiment config, exactly as ``stimopt OVERRIDES`` would see it."""
     return compose_app("config", overrides, return_hydra_config)
+
+
+def presets_for(group: str, option: str) -> list[str]:
+    """The ``experiment=`` presets (in any registered folder) that pick ``group=option``."""
+    found = []
+    for _, folder in plugins.config_dirs():
+        base = os.path.join(folder, "experiment")
+        for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+            if not name.endswith(".yaml"):
+                continue
+            try:
+                defaults = OmegaConf.load(os.path.join(base, name)).get("defaults") or []
+            except Exception:  # a broken preset is Hydra's to report when it is used
+                continue
+            for entry in defaults:
+                if not isinstance(entry, str) and entry is not None and dict(entry).get(f"override /{group}") == option:
+                    found.append(name[:-5])
+    return sorted(set(found))

@@ -1,14 +1,15 @@
 """Noise models: a Target wrapper that makes a deterministic target behave like a real neuron.
 
-``target.noise=poisson``: the true activation ``a`` (clipped at 0) sets the rate of a Poisson
+The ``noise`` config group picks the model for any target (``noise=none|poisson|gaussian``,
+options ``noise.KEY=VALUE``; conf/noise/*.yaml). ``noise=poisson``: the true activation ``a`` (clipped at 0) sets the rate of a Poisson
 process, ``spikes ~ Poisson(scale * a)``. ``scale`` is calibrated so that a good stimulus, the
 expected best of 2,500 random natural images (XDream's definition), gives
 ``expected_max_spikes`` spikes on average. The calibration runs the clean target on random
 crops of the offline photographs (:mod:`stimopt.natural`) and is cached on disk.
 
-``target.noise=gaussian``: multiplicative gain noise, ``a * (1 + noise_sd * N(0, 1))``.
+``noise=gaussian``: multiplicative gain noise, ``a * (1 + sd * N(0, 1))`` (``noise.sd``).
 
-``target.repeats``: presentations per stimulus, averaged. Responses stay in activation units
+``noise.repeats``: presentations per stimulus, averaged. Responses stay in activation units
 (spike counts are divided by ``scale``), so they compare directly with the clean target's.
 
 The noise generator is seeded and is part of ``state_dict``, so a resumed run draws exactly the
@@ -28,8 +29,9 @@ from stimopt.cache import cache_dir
 from stimopt.errors import StimoptError
 
 NOISE_KINDS = ("poisson", "gaussian")
-#: Keys of a target config that belong to the noise wrapper, not to the target itself.
-NOISE_KEYS = ("noise", "expected_max_spikes", "repeats", "noise_sd", "noise_calibration")
+#: Options of the ``noise`` group -> NoisyTarget's arguments.
+OPTIONS = {"expected_max_spikes": "expected_max_spikes", "repeats": "repeats", "sd": "noise_sd",
+           "calibration_images": "noise_calibration"}
 #: XDream: a "good" stimulus is the expected best of this many random natural images.
 GOOD_STIMULUS_OF = 2500
 
@@ -65,13 +67,13 @@ class NoisyTarget(Target):
                  noise_sd: float = 0.2, noise_calibration: int = GOOD_STIMULUS_OF, seed: int = 0,
                  calibration_size: int | None = None, cache: bool = True, good_response: float | None = None):
         if noise not in NOISE_KINDS:
-            raise StimoptError(f"target.noise must be one of {', '.join(NOISE_KINDS)} or null, got '{noise}'")
+            raise StimoptError(f"noise must be none, {' or '.join(NOISE_KINDS)} (noise=NAME), got '{noise}'")
         if int(repeats) < 1:
-            raise StimoptError(f"target.repeats must be at least 1, got {repeats}")
+            raise StimoptError(f"noise.repeats must be at least 1, got {repeats}")
         if noise == "poisson" and not float(expected_max_spikes) > 0:
-            raise StimoptError(f"target.expected_max_spikes must be positive, got {expected_max_spikes}")
+            raise StimoptError(f"noise.expected_max_spikes must be positive, got {expected_max_spikes}")
         if noise == "gaussian" and float(noise_sd) < 0:
-            raise StimoptError(f"target.noise_sd must be >= 0, got {noise_sd}")
+            raise StimoptError(f"noise.sd must be >= 0, got {noise_sd}")
         self.inner = inner
         self.noise = noise
         self.expected_max_spikes = float(expected_max_spikes)
@@ -124,7 +126,7 @@ class NoisyTarget(Target):
             raise StimoptError(
                 f"Poisson noise needs a positive response to good natural images, but the expected best of "
                 f"{GOOD_STIMULUS_OF} natural crops gives {good:.4g} for {self.inner.describe()}; "
-                "use target.relu=true, another unit, or target.noise=gaussian"
+                "use target.relu=true, another unit, or noise=gaussian"
             )
         self.good_response = good
         self.scale = self.expected_max_spikes / good
@@ -170,21 +172,21 @@ class NoisyTarget(Target):
         self.inner.close()
 
 
-def split_config(node) -> tuple[object, dict]:
-    """(target config without the noise keys, the noise keys that were set)."""
-    from omegaconf import OmegaConf
+def wrap(target: Target, options, seed: int = 0) -> Target:
+    """The target itself for ``noise=none`` (``options`` null or ``kind: null``); else a :class:`NoisyTarget`
+    built from the ``noise`` group's options."""
+    from omegaconf import DictConfig, OmegaConf
 
-    data = OmegaConf.to_container(node, resolve=True)
-    noise = {k: data.pop(k) for k in NOISE_KEYS if k in data}
-    return OmegaConf.create(data), noise
-
-
-def wrap(target: Target, options: dict, seed: int = 0) -> Target:
-    """The target itself when ``options['noise']`` is null; else a :class:`NoisyTarget`."""
-    kind = options.get("noise")
+    if isinstance(options, DictConfig):
+        options = OmegaConf.to_container(options, resolve=True)
+    options = dict(options or {})
+    kind = options.pop("kind", None)
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise StimoptError(f"noise does not take option(s) {', '.join(unknown)}; it takes: kind, {', '.join(OPTIONS)}")
     if kind in (None, "none", "null", False):
         if int(options.get("repeats") or 1) != 1:
-            raise StimoptError("target.repeats > 1 averages noisy presentations; set target.noise=poisson or gaussian too")
+            raise StimoptError("noise.repeats > 1 averages noisy presentations; pick noise=poisson or noise=gaussian too")
         return target
-    kw = {k: v for k, v in options.items() if k != "noise" and v is not None}
+    kw = {OPTIONS[k]: v for k, v in options.items() if v is not None}
     return NoisyTarget(target, str(kind), seed=seed, **kw)

@@ -58,11 +58,9 @@ def _join(parents, middle: int, src: int, dst: int) -> list[int]:
 
 def noiseless_target(node):
     """The run's target without its noise wrapper (tuning curves show the true responses)."""
-    from stimopt import noise
     from stimopt.experiment import build
 
-    target_cfg, _ = noise.split_config(node)
-    return build("target", target_cfg, device="cpu")
+    return build("target", node, device="cpu")  # the noise group wraps it only in a run
 
 
 def tuning_curve(run_dir: str | Path, max_steps: int = 12, log=None) -> dict:
