@@ -16,25 +16,32 @@ def _say_error(message: str) -> None:
 
 def find_resume_dir(resume, run_dir: Path) -> Path:
     """``resume=PATH``: that run. ``resume=true``: this run dir if it holds a run, else the newest
-    unfinished run beside it."""
-    from stimopt.store import RunStore
+    unfinished run beside it, said on stderr (path and last generation); a newest candidate that
+    is not a valid store is refused rather than skipped, so the wrong run is never continued."""
+    from stimopt.store import probe
 
     if resume is not True and str(resume).lower() != "true":
         path = Path(str(resume))
         if not (path / "evaluations.sqlite").exists():
             raise StimoptError(f"resume={resume}: no evaluations.sqlite there; give the run directory of the run to continue")
+        probe(path / "evaluations.sqlite")
         return path
     if (run_dir / "evaluations.sqlite").exists():
+        probe(run_dir / "evaluations.sqlite")
         return run_dir
-    candidates = []
-    for db in run_dir.parent.glob("*/evaluations.sqlite"):
-        store = RunStore(db)
-        if store.meta("status") != "finished":
-            candidates.append((db.stat().st_mtime, db.parent))
-        store.close()
-    if not candidates:
-        raise StimoptError(f"resume=true: no unfinished run in {run_dir.parent}; pass resume=PATH to a run directory")
-    return max(candidates)[1]
+    found = sorted(((db.stat().st_mtime, db.parent) for db in run_dir.parent.glob("*/evaluations.sqlite")
+                    if db.is_file()), reverse=True)
+    for _, folder in found:
+        try:
+            info = probe(folder / "evaluations.sqlite")
+        except StimoptError as exc:
+            raise StimoptError(f"resume=true: the newest run in {run_dir.parent} is not a valid store: {exc}; "
+                               f"pass resume=PATH to the run to continue, or move {folder} away") from None
+        if info["status"] != "finished":
+            print(f"stimopt: resume=true picked the newest unfinished run {folder} (status {info['status']}, "
+                  f"last committed generation {info['generation']}, {info['n_evaluations']} evaluations)", file=sys.stderr)
+            return folder
+    raise StimoptError(f"resume=true: no unfinished run in {run_dir.parent}; pass resume=PATH to a run directory")
 
 
 def _task(cfg) -> None:

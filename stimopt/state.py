@@ -77,7 +77,7 @@ def _encode(obj, arrays: list, where: str):
 def _array(a: np.ndarray, arrays: list, where: str) -> int:
     buf = io.BytesIO()
     try:
-        np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+        np.save(buf, a if a.flags.c_contiguous else a.copy(order="C"), allow_pickle=False)
     except ValueError:
         raise StateError(f"checkpoint state at '{where.lstrip('.')}' is an array of Python objects ({a.dtype}); "
                          "store numbers or strings") from None

@@ -50,6 +50,31 @@ CREATE TABLE IF NOT EXISTS checkpoint (id INTEGER PRIMARY KEY CHECK (id = 0), ge
 """
 
 
+def probe(path: str | Path) -> dict:
+    """What a store file holds, read-only, without creating or changing anything:
+    ``{"status", "generation" (last committed, -1 if none), "n_evaluations"}``. A file that is not a
+    readable run store raises StimoptError saying why."""
+    path = Path(path)
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            missing = {"meta", "evaluations", "generations", "checkpoint"} - tables
+            if missing:
+                raise StimoptError(f"{path} is not a stimopt run store (no table {', '.join(sorted(missing))})")
+            row = db.execute("SELECT value FROM meta WHERE key='status'").fetchone()
+            gen = db.execute("SELECT MAX(generation) FROM generations").fetchone()[0]
+            n = db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
+            status = json.loads(row[0]) if row else None
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise StimoptError(f"{path} is not a readable run store ({exc}); salvage it with: stimopt-recover {path.parent} NEW_DIR") from None
+    except ValueError as exc:
+        raise StimoptError(f"{path} is not a stimopt run store (bad meta: {exc})") from None
+    return {"status": status, "generation": -1 if gen is None else int(gen), "n_evaluations": int(n)}
+
+
 def _nan_to_none(x: float):
     return None if x is None or not math.isfinite(x) else float(x)
 

@@ -91,7 +91,7 @@ def test_v4_ensemble_recovers_the_twin_teacher_and_becomes_a_target(tmp_path, on
     assert report["r2_teacher_median"] >= 0.8, report
     assert report["r2_test_median"] >= 0.75, report
     assert len(report["members"]) == 2 and all(m["epochs"] <= 25 for m in report["members"])
-    ckpt = torch.load(tmp_path / "model.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "model.pt", weights_only=True)
     assert ckpt["config"]["model"]["members"] == 2 and ckpt["names"] == ["twin0", "twin1", "twin2", "twin3"]
     one = V4EnsembleTarget(tmp_path / "model.pt", neuron=2, device="cpu")
     two = V4EnsembleTarget(tmp_path / "model.pt", neuron=["twin2", 0], device="cpu")

@@ -115,7 +115,7 @@ def test_fit_writes_clip_landscape_with_cached_embeddings(tiny_world):
     assert len(cached) == 1 and np.load(cached[0]).shape == (160, EMB)
     assert 0.0 <= rep["val"]["separation_auc"] <= 1.0 and math.isfinite(rep["train"]["recon_mse"])
     assert "brainactiv_r2_train" in rep
-    ck = torch.load(rep["checkpoint"], weights_only=False)
+    ck = torch.load(rep["checkpoint"], weights_only=True)
     assert ck["references"]["images"].dtype == torch.uint8 and len(ck["references"]["codes"]) == 4
     assert abs(float(ck["brainactiv"]["w"].norm()) - 1.0) < 1e-4
 

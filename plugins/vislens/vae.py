@@ -282,7 +282,9 @@ def train_vae(
 
 
 def save_landscape(path, model, spec: PriorSpec, **extra) -> None:
-    torch.save({"arch": model.arch(), "state": model.state_dict(), "prior": spec.to_dict(), **extra}, path)
+    from stimopt.state import torch_plain
+
+    torch.save(torch_plain({"arch": model.arch(), "state": model.state_dict(), "prior": spec.to_dict(), **extra}), path)
 
 
 def load_landscape(path) -> dict:
@@ -291,7 +293,9 @@ def load_landscape(path) -> dict:
 
     if not os.path.isfile(str(path)):
         raise StimoptError(f"Vis-Lens VAE checkpoint {path} does not exist; fit one with `stimopt-fit model=vislens_vae` (its out dir holds vislens_vae.pt)")
-    ck = torch.load(str(path), map_location="cpu", weights_only=False)
+    from stimopt.state import load_torch
+
+    ck = load_torch(path, "Vis-Lens VAE checkpoint", "fit one with `stimopt-fit model=vislens_vae`")
     if not isinstance(ck, dict) or "arch" not in ck:
         raise StimoptError(f"{path} is not a Vis-Lens VAE checkpoint (no 'arch'); fit one with `stimopt-fit model=vislens_vae`")
     model = build_vae(ck["arch"])
