@@ -22,13 +22,16 @@ class Bank:
         self.manifest = mf.load_manifest(self.path)
         self.size = int(self.manifest["size"])
         self.image_size = int(self.manifest["image_size"])
-        self.features = np.load(self.path / "features.npy", mmap_mode="r")
-        self.graph = np.load(self.path / "graph.npy", mmap_mode="r")
-        self.offsets = np.load(self.path / "offsets.npy")
-        cores = np.load(self.path / "coresets.npy", mmap_mode="r")
+        self.features = open_array(self.path, "features.npy", ndim=2, rows=self.size)
+        self.graph = open_array(self.path, "graph.npy", ndim=2, rows=self.size, integer=True)
+        self.offsets = open_array(self.path, "offsets.npy", ndim=1, rows=int(self.manifest["n_shards"]) + 1, integer=True,
+                                  mmap=False)
+        cores = open_array(self.path, "coresets.npy", ndim=2, integer=True)
+        check_indices(self.path, "graph.npy", self.graph, self.size)
+        check_indices(self.path, "coresets.npy", cores, self.size)
+        if self.offsets[0] != 0 or self.offsets[-1] != self.size or np.any(np.diff(self.offsets) < 0):
+            raise StimoptError(f"bank {self.path}: offsets.npy does not match its {self.size} images; {repair_hint(self.path, 'offsets.npy')}")
         self.coresets = tuple(cores[i] for i in range(len(cores)))
-        if len(self.features) != self.size or len(self.graph) != self.size:
-            raise StimoptError(f"bank {self.path} is inconsistent (features/graph rows differ from its size); rebuild it")
         self._shard = lru_cache(maxsize=32)(self._load_shard)
 
     @property
@@ -84,6 +87,55 @@ class Bank:
 
     def describe(self) -> str:
         return f"bank {self.path.name} ({self.size:,} images, k={self.manifest['graph']['k']})"
+
+
+# What to remove so that running the same `stimopt-bank build` again rewrites a damaged file.
+_REWRITES = {"features.npy": ("features.npy", "offsets.npy", "graph.json", "graph.npy", "coresets.npy"),
+             "offsets.npy": ("offsets.npy", "features.npy"), "graph.npy": ("graph.npy", "graph.json", "coresets.npy"),
+             "coresets.npy": ("coresets.npy",)}
+
+
+def repair_hint(path: Path, name: str) -> str:
+    files = " ".join(str(Path(path) / f) for f in (*_REWRITES.get(name, (name,)), "manifest.json"))
+    return f"remove {files} and run the same `stimopt-bank build` again (finished shards are kept)"
+
+
+def open_array(path: Path, name: str, ndim: int, rows: int | None = None, integer: bool = False, mmap: bool = True) -> np.ndarray:
+    """A bank's .npy file (memory-mapped), or one line saying it is missing or damaged and how to rewrite it."""
+    file = Path(path) / name
+    if not file.is_file():
+        raise StimoptError(f"bank {path}: {name} is missing; {repair_hint(path, name)}")
+    try:
+        arr = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:  # truncated, not an .npy, an object array
+        raise StimoptError(f"bank {path}: {name} is damaged or truncated ({str(exc)[:120]}); {repair_hint(path, name)}") from None
+    wrong = (arr.ndim != ndim or (rows is not None and arr.shape[0] != rows)
+             or (integer and not np.issubdtype(arr.dtype, np.integer)) or (not integer and not np.issubdtype(arr.dtype, np.floating)))
+    if wrong:
+        want = f"{ndim}-d {'integer' if integer else 'float'} array" + (f" of {rows} rows" if rows is not None else "")
+        raise StimoptError(f"bank {path}: {name} is a {arr.ndim}-d {arr.dtype} array of shape {arr.shape}, not a {want}; "
+                           f"{repair_hint(path, name)}")
+    return arr
+
+
+FULL_CHECK_ENTRIES = 1 << 27  # graphs up to ~134M entries (0.5 GB) are range-checked in full; larger ones on a sample
+
+
+def check_indices(path: Path, name: str, arr: np.ndarray, size: int) -> None:
+    """Every bank index in ``arr`` (graph neighbours, coresets) lies in 0..size-1."""
+    if not arr.size:
+        return
+    flat = arr.reshape(len(arr), -1) if arr.ndim > 1 else arr.reshape(-1, 1)
+    if arr.size <= FULL_CHECK_ENTRIES:
+        step = max(1, (1 << 22) // max(1, flat.shape[1]))  # ~16 MB of int32 at a time
+        bad = any(flat[s:s + step].min() < 0 or flat[s:s + step].max() >= size for s in range(0, len(flat), step))
+    else:
+        rows = np.sort(np.random.default_rng(0).choice(len(flat), size=4096, replace=False))
+        sample = flat[rows]
+        bad = sample.min() < 0 or sample.max() >= size
+    if bad:
+        raise StimoptError(f"bank {path}: {name} holds image indices outside 0..{size - 1} (a damaged or foreign file); "
+                           f"{repair_hint(path, name)}")
 
 
 def load_bank(path: str | Path) -> Bank:

@@ -32,8 +32,12 @@ def plan_build(source: str, out: str | Path, *, features: FeatureSpec | None = N
                note: str = "") -> dict:
     """Write plan.json and the shards' item lists (once); a second call checks the options match."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise StimoptError(f"bank folder {out} is a file; give a new folder (or the folder of a build to continue)")
     features = features or FeatureSpec()
     check_spec(features)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise StimoptError(f"graph k must be a whole number >= 1, got {k!r}")
     from stimopt.bank.coresets import METHODS
 
     if coreset_method not in METHODS:
@@ -54,7 +58,13 @@ def plan_build(source: str, out: str | Path, *, features: FeatureSpec | None = N
             raise StimoptError(f"{out} holds a build with other options ({'; '.join(diff)}); use a new folder or the same options")
         return plan
     shards = plan_shards(source, shard_size)
-    (out / "shards").mkdir(parents=True, exist_ok=True)
+    n_items = sum(len(sh) for sh in shards)
+    if k > n_items - 1:  # before any feature is computed (unreadable images can only lower the size)
+        raise StimoptError(f"graph k={k} needs more images than the {n_items:,} in {source}; use --k {n_items - 1} or less")
+    try:
+        (out / "shards").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StimoptError(f"cannot create the bank folder {out} ({exc.strerror}); give a writable folder") from None
     for s, shard in enumerate(shards):
         mf.write_json(mf.items_path(out, s), shard.to_json())
     plan = {"version": mf.VERSION, "options": options, "source_kind": shards[0].kind, "n_shards": len(shards),

@@ -128,6 +128,10 @@ def main(argv: list[str] | None = None) -> None:
     except StimoptError as exc:
         print(f"stimopt-bank: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:  # the file system said no (permissions, a full disk, a file where a folder goes)
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"stimopt-bank: error: {exc.strerror or exc}{where}; check the path and its permissions and free space", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

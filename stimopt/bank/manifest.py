@@ -20,6 +20,8 @@ from stimopt.errors import StimoptError
 
 VERSION = 1
 MAX_LISTED_SKIPS = 1000
+REQUIRED_KEYS = ("version", "size", "image_size", "features", "graph", "coresets", "skipped", "n_shards", "source_kind",
+                 "feature_dim")
 
 
 def write_json(path: Path, data) -> None:
@@ -47,10 +49,28 @@ def load_manifest(bank: str | Path) -> dict:
         if (Path(bank) / "plan.json").exists():
             raise StimoptError(f"bank {bank} is not finished building; run `stimopt-bank build` again with the same arguments to continue it")
         raise StimoptError(f"{bank} is not an image bank (no manifest.json); build one with `stimopt-bank build SOURCE {bank}`")
-    manifest = read_json(path)
+    fix = f"remove {path} and run the same `stimopt-bank build` again to rewrite it (finished stages are kept)"
+    try:
+        manifest = read_json(path)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise StimoptError(f"bank {bank}: manifest.json cannot be read ({_short(exc)}); {fix}") from None
+    if not isinstance(manifest, dict):
+        raise StimoptError(f"bank {bank}: manifest.json is not a JSON object; {fix}")
     if manifest.get("version") != VERSION:
         raise StimoptError(f"bank {bank} has format version {manifest.get('version')}, this stimopt reads {VERSION}; rebuild it")
+    missing = [key for key in REQUIRED_KEYS if key not in manifest]
+    if missing:
+        raise StimoptError(f"bank {bank}: manifest.json lacks {', '.join(missing)}; {fix}")
+    for key in ("size", "image_size"):
+        if isinstance(manifest[key], bool) or not isinstance(manifest[key], int) or manifest[key] < 1:
+            raise StimoptError(f"bank {bank}: manifest.json has {key}={manifest[key]!r}, not a positive whole number; {fix}")
+    if not isinstance(manifest["graph"], dict) or "k" not in manifest["graph"]:
+        raise StimoptError(f"bank {bank}: manifest.json has no graph.k; {fix}")
     return manifest
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
 
 def info_text(manifest: dict, path: str | Path) -> str:
