@@ -1,12 +1,11 @@
 """An example third-party stimopt plugin.
 
 It registers a target (``edge_neuron``: a model neuron tuned to oriented luminance edges in the
-centre of the image), an optimizer (``hillclimb``: (1+lambda) hill climbing with step-size
-adaptation) and a folder of Hydra group configs, so ``stimopt target=edge_neuron optimizer=hillclimb``
-works without touching stimopt.
+centre of the image), a generator (``gabor``: a parametric Gabor patch, 7 numbers in [0, 1] per
+patch), an optimizer (``hillclimb``: (1+lambda) hill climbing with step-size adaptation) and its
+folder of Hydra group configs (``pkg://stimopt_example_plugin.conf``, as on Hydra's search path),
+so ``stimopt target=edge_neuron generator=gabor optimizer=hillclimb`` works without touching stimopt.
 """
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -33,6 +32,36 @@ class EdgeNeuron(stimopt.Target):
 
     def describe(self):
         return f"edge_neuron({self.orientation_deg} deg)"
+
+
+class GaborGenerator(stimopt.Generator):
+    """Sum of ``n_gabors`` Gabor patches on grey. Per patch, 7 numbers in [0, 1]: orientation (0..180
+    deg), wavelength (5..50 % of the image), phase, envelope width (5..50 %), centre x, centre y, contrast."""
+
+    PER_PATCH = 7
+
+    def __init__(self, size: int = 64, n_gabors: int = 1, device: str = "cpu"):
+        self.size, self.n_gabors = int(size), int(n_gabors)
+        axis = torch.linspace(-0.5, 0.5, self.size)
+        self.y, self.x = torch.meshgrid(axis, axis, indexing="ij")
+        self._space = stimopt.ContinuousSpace(dim=self.PER_PATCH * self.n_gabors, low=0.0, high=1.0,
+                                              init_mean=0.5, init_std=0.2)
+
+    @property
+    def space(self):
+        return self._space
+
+    def generate(self, codes):
+        c = torch.as_tensor(np.asarray(codes, np.float32)).clamp(0, 1).view(len(codes), self.n_gabors, self.PER_PATCH, 1, 1)
+        theta, lam, phase, sigma = c[:, :, 0] * np.pi, 0.05 + 0.45 * c[:, :, 1], c[:, :, 2] * 2 * np.pi, 0.05 + 0.45 * c[:, :, 3]
+        dx, dy = self.x - (c[:, :, 4] - 0.5), self.y - (c[:, :, 5] - 0.5)
+        u = dx * torch.cos(theta) + dy * torch.sin(theta)
+        patch = c[:, :, 6] * torch.exp(-(dx**2 + dy**2) / (2 * sigma**2)) * torch.cos(2 * np.pi * u / lam + phase)
+        gray = (0.5 + 0.5 * patch.sum(dim=1)).clamp(0, 1)
+        return gray.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+
+    def describe(self):
+        return f"gabor({self.n_gabors} patch{'es' if self.n_gabors > 1 else ''}, {self.size} px)"
 
 
 class HillClimb(stimopt.Optimizer):
@@ -77,10 +106,15 @@ def register_targets(register):
 
 
 @stimopt.hookimpl
+def register_generators(register):
+    register("gabor", GaborGenerator)
+
+
+@stimopt.hookimpl
 def register_optimizers(register):
     register("hillclimb", HillClimb)
 
 
 @stimopt.hookimpl
 def register_config_dirs(register):
-    register(str(Path(__file__).parent / "conf"))
+    register("pkg://stimopt_example_plugin.conf")  # Hydra's search-path URI; a folder path works too
