@@ -1,0 +1,179 @@
+"""``RigTarget``: one generation = publish the images in the outbox, wait for the inbox answers."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import stat
+import time
+
+import numpy as np
+
+import stimopt
+from stimopt.errors import StimoptError
+
+from .images import images_to_uint8, request_id, write_images
+from .inbox import InboxReader
+from .paths import RigFolder, UnsafePath
+
+PROTOCOL = "stimopt-rig/1"
+log = logging.getLogger("stimopt.rig")
+_RID = re.compile(r"^[0-9a-f]{16}$")
+
+
+def gen_name(generation: int) -> str:
+    return f"gen_{generation:06d}"
+
+
+class RigTarget(stimopt.Target):
+    """Presents each generation through ``rig_dir`` (see the package doc for the file protocol)."""
+
+    def __init__(self, rig_dir=None, timeout_s: float = 60.0, poll_s: float = 0.02, presentations: int = 1,
+                 n_channels: int = 1, channels=None, image_format: str = "png", represent: bool = False,
+                 png_compress_level: int = 0):
+        if not rig_dir:
+            raise StimoptError("target=rig needs target.rig_dir=PATH (the folder shared with the lab's software)")
+        if not (isinstance(timeout_s, (int, float)) and 0 < float(timeout_s) < math.inf):
+            raise StimoptError(f"target.timeout_s must be a positive number of seconds, got {timeout_s}")
+        if int(presentations) < 1 or int(n_channels) < 1:
+            raise StimoptError("target.presentations and target.n_channels must be >= 1")
+        if image_format not in ("png", "npy"):
+            raise StimoptError(f"target.image_format must be png or npy, got '{image_format}'")
+        self.folder = RigFolder(rig_dir)
+        self.folder.check()  # a symlink that leaves the rig folder: refused now, in one line
+        self.dir = self.folder.root
+        self.outbox, self.inbox = self.dir / "outbox", self.dir / "inbox"
+        self.timeout_s, self.poll_s = float(timeout_s), float(poll_s)
+        self.repeats, self.n_channels, self.image_format = int(presentations), int(n_channels), image_format
+        self.channels = None if channels is None else [int(c) for c in (channels if hasattr(channels, "__len__") else [channels])]
+        if self.channels is not None and not all(0 <= c < self.n_channels for c in self.channels):
+            raise StimoptError(f"target.channels {self.channels} must be within 0..{self.n_channels - 1} (target.n_channels)")
+        self.n_outputs = len(self.channels) if self.channels is not None else self.n_channels
+        self.represent = bool(represent)
+        if not 0 <= int(png_compress_level) <= 9:
+            raise StimoptError(f"target.png_compress_level must be 0..9, got {png_compress_level}")
+        self.png_compress_level = int(png_compress_level)
+        self.generation = 0
+        self.last: dict = {}
+
+    # -- state ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"generation": self.generation}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generation = int(state.get("generation", 0))
+
+    # -- one generation ------------------------------------------------------------------------------
+    def _published_rid(self, folder) -> str | None:
+        """The request id of a generation folder stimopt published (a real folder with a manifest)."""
+        fd, _ = self.folder.open_regular(folder / "manifest.json")
+        if fd is None:
+            return None
+        try:
+            with os.fdopen(fd, "rb") as f:
+                rid = json.loads(f.read(1 << 20)).get("request_id")
+        except (OSError, ValueError, AttributeError, RecursionError):
+            return None
+        return rid if isinstance(rid, str) and _RID.match(rid) else None
+
+    def _publish(self, g: int, pixels: np.ndarray, rid: str) -> bool:
+        """Write outbox/gen_g unless that exact request is already there. Returns whether it wrote."""
+        outbox = self.folder.resolve("outbox")
+        folder = outbox / gen_name(g)  # the entry itself: a symlink there is never followed
+        try:
+            st = os.lstat(folder)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            old = self._published_rid(folder) if stat.S_ISDIR(st.st_mode) else None
+            if old == rid and not self.represent:
+                return False
+            published = stat.S_ISDIR(st.st_mode) and os.path.lexists(folder / "manifest.json")
+            what = old or ("unreadable" if published else "unpublished" if stat.S_ISDIR(st.st_mode) else "not-a-folder")
+            stamp = f"{gen_name(g)}-{what}-{time.time_ns()}"
+            self.folder.move_aside(folder, "outbox/stale", stamp)  # kept, never deleted or followed
+            inbox_file = self.folder.entry("inbox", f"{gen_name(g)}.jsonl")
+            if published and os.path.lexists(inbox_file):  # the answers to the old request go with it
+                self.folder.move_aside(inbox_file, "inbox/stale", f"{stamp}.jsonl")
+        tmp = outbox / f".{gen_name(g)}.tmp"
+        self.folder.remove_own(tmp)
+        tmp.mkdir()
+        files = write_images(tmp, pixels, self.image_format, self.png_compress_level)
+        (tmp / "manifest.json").write_text(json.dumps({
+            "protocol": PROTOCOL, "generation": g, "request_id": rid,
+            "images": [{"index": i, "file": f} for i, f in enumerate(files)],
+            "height": int(pixels.shape[1]), "width": int(pixels.shape[2]),
+            "repeats": self.repeats, "n_channels": self.n_channels,
+            "inbox": f"inbox/{gen_name(g)}.jsonl", "created": time.time(), "deadline": time.time() + self.timeout_s,
+        }, indent=1))
+        os.replace(tmp, folder)  # atomic: the lab sees the whole generation or nothing
+        return True
+
+    def _append(self, name: str, records: list[dict], problems: list[str]) -> None:
+        if not records:
+            return
+        try:
+            self.folder.append(name, "".join(json.dumps(r) + "\n" for r in records))
+        except (OSError, StimoptError) as exc:  # the session goes on; the answers are in the run's store
+            problems.append(str(exc))
+
+    def evaluate(self, images):
+        t0, c0 = time.perf_counter(), time.process_time()
+        g = self.generation
+        pixels = images_to_uint8(images)
+        rid = request_id(pixels)
+        wrote = self._publish(g, pixels, rid)
+        name = f"{gen_name(g)}.jsonl"
+        reader = InboxReader(self.inbox / name, g, rid, len(pixels), self.n_channels, self.repeats,
+                             opener=self.folder.open_regular)
+        rejected, problems = [], []
+
+        def poll(final=False):
+            reader.poll(final)
+            for r in reader.take_rejected():
+                rejected.append({"generation": g, "request_id": rid, "file": f"inbox/{name}", **r})
+            if len(rejected) >= 10_000:
+                self._append("rejected.jsonl", rejected, problems)
+                rejected.clear()
+
+        deadline = time.perf_counter() + self.timeout_s
+        waited = 0.0
+        poll()
+        while not reader.complete():
+            now = time.perf_counter()
+            if now >= deadline:
+                poll(final=True)
+                break
+            nap = min(self.poll_s, deadline - now)
+            time.sleep(nap)
+            waited += nap
+            poll()
+        resp, trials = reader.responses()
+        if self.channels is not None:
+            resp = resp[:, self.channels]
+        self._append("rejected.jsonl", rejected, problems)
+        total = time.perf_counter() - t0
+        self.last = {
+            "generation": g, "request_id": rid, "published": wrote, "n_images": len(pixels),
+            "answered": int((trials > 0).sum()), "missing": int((trials == 0).sum()), **reader.stats,
+            "done_line": reader.done, "timed_out": not reader.complete(), "inbox_problem": reader.problem,
+            "total_s": round(total, 4), "waited_s": round(waited, 4), "own_s": round(total - waited, 4),
+            "own_cpu_s": round(time.process_time() - c0, 4),
+        }
+        self._append("log.jsonl", [self.last], problems)
+        self.last["log_problem"] = "; ".join(problems) or None
+        n_rejected = sum(v for k, v in reader.stats.items() if k != "trials")
+        if reader.problem:
+            log.warning("rig generation %d: %s", g, reader.problem)
+        if n_rejected:
+            kinds = ", ".join(f"{k} {v}" for k, v in reader.stats.items() if k != "trials" and v)
+            log.warning("rig generation %d: %d inbox line(s) not used (%s): see rejected.jsonl", g, n_rejected, kinds)
+        for p in problems:
+            log.warning("rig generation %d: %s", g, p)
+        self.generation = g + 1
+        return resp if self.n_outputs > 1 else resp[:, 0]
+
+    def describe(self) -> str:
+        return f"rig:{self.dir.name}(presentations={self.repeats}, channels={self.n_outputs}, timeout={self.timeout_s:g}s)"
