@@ -16,8 +16,13 @@ selects its fit function with ``_target_``::
     _target_: my_package.my_module.fit_my_model      # a function, not a class
     ...                                              # its own options, read from cfg.model
 
-The function has the fixed signature::
+The function has the fixed signature, and is marked as a fit function (only marked functions, or
+functions of a loaded stimopt plugin's own package, are ever called: ``model._target_=os.system``
+is refused)::
 
+    from stimopt.fit import register_fit
+
+    @register_fit
     def fit_my_model(cfg: DictConfig, out_dir: pathlib.Path) -> dict: ...
 
 ``cfg`` is the whole composed fit config (``cfg.model`` its own options, ``cfg.data`` the data
@@ -25,7 +30,7 @@ spec, ``cfg.seed``, ``cfg.device``); ``out_dir`` exists. It writes its checkpoin
 ``out_dir`` and returns a JSON-serializable report (by convention ``checkpoint``: path written,
 ``r2_test``: held-out R^2 per output, ``r2_test_median``). This app writes the report to
 ``out_dir/report.json`` and prints a one-line summary. ``mode=match`` calls the function named by
-the model config's ``matcher:`` key with the same signature. Data loading helpers live in
+the model config's ``matcher:`` key with the same signature (marked with ``@register_matcher``). Data loading helpers live in
 :mod:`stimopt.responses` (``load_dataset(cfg.data)``).
 """
 from __future__ import annotations
@@ -56,18 +61,61 @@ def _jsonable(obj):
     return obj
 
 
+_REGISTERED: dict[str, set[str]] = {"fit": set(), "match": set()}
+
+
+def register_fit(fn):
+    """Decorator: ``fn(cfg, out_dir) -> dict`` may be named by a model config's ``_target_``."""
+    fn.__stimopt_fit__ = "fit"
+    _REGISTERED["fit"].add(f"{fn.__module__}.{fn.__qualname__}")
+    return fn
+
+
+def register_matcher(fn):
+    """Decorator: ``fn(cfg, out_dir) -> dict`` may be named by a model config's ``matcher``."""
+    fn.__stimopt_match__ = "match"
+    _REGISTERED["match"].add(f"{fn.__module__}.{fn.__qualname__}")
+    return fn
+
+
+def _in_plugin_package(fn) -> bool:
+    """Defined in (a submodule of) the package of a loaded stimopt plugin."""
+    module = getattr(fn, "__module__", None) or ""
+    for plugin in plugins.pm.get_plugins():
+        owner = plugin.__name__ if isinstance(plugin, type(sys)) else type(plugin).__module__
+        package = owner.rsplit(".", 1)[0] if not hasattr(sys.modules.get(owner), "__path__") else owner
+        if package not in ("stimopt", "builtins", "__main__") and (module == package or module.startswith(package + ".")):
+            return True
+    return False
+
+
 def fit_function(cfg, key: str = "_target_"):
-    """The callable named by ``cfg.model._target_`` (``mode=fit``) or ``cfg.model.matcher`` (``mode=match``)."""
+    """The callable named by ``cfg.model._target_`` (``mode=fit``) or ``cfg.model.matcher`` (``mode=match``).
+
+    Only functions meant for it are called: ones marked with :func:`register_fit` /
+    :func:`register_matcher`, or defined in a loaded stimopt plugin's package, so a config or an
+    override cannot make ``stimopt-fit`` call ``os.system`` or any other importable function.
+    """
+    import inspect
+
     target = cfg.model.get(key) if cfg.get("model") is not None else None
+    kind = "fit" if key == "_target_" else "match"
     if not target:
         what = "package.module.fit_function" if key == "_target_" else "package.module.match_function (this model cannot match neurons)"
         raise StimoptError(f"the model config needs '{key}: {what}' (see stimopt/fit.py)")
     from hydra.utils import get_method
 
     try:
-        return get_method(str(target))
+        fn = get_method(str(target))
     except Exception as exc:
-        raise StimoptError(f"model fit function '{target}' cannot be imported: {exc}") from None
+        raise StimoptError(f"model {kind} function '{target}' cannot be imported: {str(exc).splitlines()[0]}") from None
+    marked = getattr(fn, f"__stimopt_{kind}__", None) == kind
+    if not marked and not (inspect.isfunction(fn) and _in_plugin_package(fn)):
+        decorator = "register_fit" if kind == "fit" else "register_matcher"
+        models = ", ".join(plugins.group_options("model")) or "none"
+        raise StimoptError(f"model.{key}={target} is not a stimopt {kind} function; choose model=<{models}>, or mark "
+                           f"your own function with @stimopt.fit.{decorator}")
+    return fn
 
 
 def run_fit(cfg, out_dir: str | Path) -> dict:

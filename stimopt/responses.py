@@ -47,6 +47,10 @@ def _as_images(arr: np.ndarray, size: int | None) -> torch.Tensor:
         arr = np.repeat(arr[..., None], 3, axis=-1)
     if arr.ndim != 4 or 3 not in (arr.shape[1], arr.shape[-1]):
         raise StimoptError(f"image array has shape {arr.shape}; expected [N,H,W,3] or [N,3,H,W]")
+    if arr.shape[0] == 0:
+        raise StimoptError(f"the image array holds 0 images (shape {arr.shape}); give at least one image per response row")
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise StimoptError(f"the image array has dtype {arr.dtype}; give uint8 (0..255) or float (0..1) pixels")
     x = torch.from_numpy(arr.astype(np.float32) / (255.0 if arr.dtype == np.uint8 else 1.0))
     if x.shape[1] != 3:
         x = x.permute(0, 3, 1, 2)
@@ -81,29 +85,60 @@ def load_images(path: str | Path, size: int | None = None) -> torch.Tensor:
             if not names:
                 raise StimoptError(f"no image files in {path}")
             return _as_images(np.stack([_decode(zf.read(n), size) for n in names]), size)
-    if path.suffix == ".npy":
-        return _as_images(np.load(path), size)
-    if path.suffix == ".npz":
-        with np.load(path) as z:
-            if "images" not in z:
-                raise StimoptError(f"{path} has no 'images' array (it has: {', '.join(z.files)})")
-            return _as_images(z["images"], size)
+    try:
+        if path.suffix == ".npy":
+            return _as_images(np.load(path, allow_pickle=False), size)
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                if "images" not in z:
+                    raise StimoptError(f"{path} has no 'images' array (it has: {', '.join(z.files)})")
+                return _as_images(z["images"], size)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # truncated, not an array file, pickled objects
+        raise StimoptError(f"images '{path}' cannot be read as a {path.suffix} array ({_first_line(exc)}); give a NumPy "
+                           "array file of [N,H,W,3] or [N,3,H,W] pixels") from None
     raise StimoptError(f"cannot read images from '{path}': give a folder, a .zip, a .npy or a .npz")
 
 
 # -- response tables ----------------------------------------------------------------------------
+def _first_line(exc: Exception) -> str:
+    text = (str(exc).splitlines() or [type(exc).__name__])[0]
+    return "not a NumPy array file" if "pickled" in text else text[:160]  # numpy's guess for foreign bytes
+
+
 def _read_arrays(path: Path) -> dict:
     if not path.exists():
         raise StimoptError(f"response file '{path}' does not exist")
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    if path.suffix in (".h5", ".hdf5"):
+    if path.suffix not in (".npz", ".h5", ".hdf5"):
+        raise StimoptError(f"cannot read responses from '{path}': give a .npz, .h5 or .csv file")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
         import h5py
 
         with h5py.File(path, "r") as f:
             return {k: f[k][()] for k in f.keys() if isinstance(f[k], h5py.Dataset)}
-    raise StimoptError(f"cannot read responses from '{path}': give a .npz, .h5 or .csv file")
+    except StimoptError:
+        raise
+    except Exception as exc:  # a truncated or foreign file: zipfile, h5py and numpy each raise their own kind
+        raise StimoptError(f"response file '{path}' cannot be read ({_first_line(exc)}); give an intact {path.suffix} file") from None
+
+
+def check_table(table: np.ndarray, names: list[str], path) -> np.ndarray:
+    """Refuse a response table that cannot be fitted: no rows, infinities, or an output never recorded."""
+    table = np.asarray(table, dtype=np.float64)
+    if table.ndim != 2 or table.shape[0] == 0 or table.shape[1] == 0:
+        raise StimoptError(f"{path}: the response table is empty (shape {table.shape}); it needs one row per image and one "
+                           "column per neuron/ROI/channel")
+    if np.isinf(table).any():
+        raise StimoptError(f"{path}: the responses hold infinite values; record missing trials as NaN, not inf")
+    recorded = np.isfinite(table)
+    if not recorded.any():
+        raise StimoptError(f"{path}: every response is NaN (nothing was recorded); check data.key / the file's contents")
+    empty = [names[i] if i < len(names) else str(i) for i in np.flatnonzero(~recorded.any(axis=0))]
+    if empty:
+        raise StimoptError(f"{path}: output(s) {', '.join(empty[:10])} have no recorded response (all NaN); drop them from the table")
+    return table
 
 
 def average_trials(values: np.ndarray, image_index: np.ndarray | None = None) -> np.ndarray:
@@ -157,12 +192,18 @@ def load_table(path: str | Path, key: str = "responses") -> tuple[np.ndarray, li
             vals = np.array([[float(v) if v.strip() else np.nan for v in r[1:]] for r in rows[1:]])
         except ValueError as exc:
             raise StimoptError(f"{path}: not a numeric response table ({exc})") from None
-        return average_trials(vals, idx), [c.strip() for c in rows[0][1:]]
+        names = [c.strip() for c in rows[0][1:]]
+        return check_table(average_trials(vals, idx), names, path), names
     arrays = _read_arrays(path)
     if key not in arrays:
         raise StimoptError(f"{path} has no '{key}' array (it has: {', '.join(arrays)}); set data.key")
+    if not np.issubdtype(np.asarray(arrays[key]).dtype, np.number):
+        raise StimoptError(f"{path}: '{key}' has dtype {np.asarray(arrays[key]).dtype}, not numbers")
+    if np.asarray(arrays[key]).size == 0:
+        raise StimoptError(f"{path}: '{key}' is empty (shape {np.asarray(arrays[key]).shape}); it needs one row per image")
     table = average_trials(arrays[key], arrays.get("image_index"))
-    return table, _names(arrays, table.shape[1], "n")
+    names = _names(arrays, table.shape[1], "n")
+    return check_table(table, names, path), names
 
 
 def load_nsd(path: str | Path, rois=None) -> tuple[np.ndarray, list[str]]:
@@ -181,7 +222,7 @@ def load_nsd(path: str | Path, rois=None) -> tuple[np.ndarray, list[str]]:
     betas = np.asarray(arrays["betas"], dtype=np.float64)
     m = np.stack([masks[r] for r in names], axis=1).astype(np.float64)  # [V, n_roi]
     per_trial = (np.nan_to_num(betas) @ m) / m.sum(axis=0)  # ROI means, one matmul
-    return average_trials(per_trial, arrays["image_index"]), names
+    return check_table(average_trials(per_trial, arrays["image_index"]), names, path), names
 
 
 def load_things_eeg(path: str | Path, channels=None, window=(0.1, 0.2)) -> tuple[np.ndarray, list[str]]:
@@ -204,7 +245,7 @@ def load_things_eeg(path: str | Path, channels=None, window=(0.1, 0.2)) -> tuple
         raise StimoptError(f"window {list(window)} s holds no time points of {path} ({t.min():.3f}..{t.max():.3f} s)")
     cidx = [ch.index(c) for c in names]
     erp = eeg[:, :, cidx][..., sel].mean(axis=-1)  # [N, R, C]
-    return average_trials(erp), names
+    return check_table(average_trials(erp), names, path), names
 
 
 # -- digital twin -------------------------------------------------------------------------------
@@ -248,6 +289,11 @@ def make_twin(features, n_images: int = 1500, n_neurons: int = 8, size: int = 11
     """
     from stimopt.natural import natural_crops
 
+    for key, value, low in (("n_images", n_images, 1), ("n_neurons", n_neurons, 1), ("repeats", repeats, 1), ("size", size, 8)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < low:
+            raise StimoptError(f"data.twin.{key} must be a whole number >= {low}, got {value!r}")
+    if not np.isfinite(float(noise)) or float(noise) < 0:
+        raise StimoptError(f"data.twin.noise must be a number >= 0, got {noise!r}")
     images = natural_crops(int(n_images), size=int(size), seed=int(seed))
     with torch.no_grad():
         probe = features(images[:1])

@@ -38,6 +38,9 @@ def test_another_engineers_model_plugs_in_without_touching_fit(tmp_path):
     pkg = tmp_path / "pkg"
     (pkg / "conf" / "model").mkdir(parents=True)
     (pkg / "third_fit.py").write_text(textwrap.dedent('''
+        from stimopt.fit import register_fit
+
+        @register_fit  # only marked functions (or a plugin's own) may be named by _target_
         def fit(cfg, out_dir):
             (out_dir / "model.pt").write_text("weights")
             return {"model": "third", "alpha": cfg.model.alpha, "checkpoint": str(out_dir / "model.pt")}

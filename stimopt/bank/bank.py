@@ -35,12 +35,6 @@ class Bank:
         self._shard = lru_cache(maxsize=32)(self._load_shard)
 
     @property
-    def graph_features(self) -> np.ndarray:
-        """The vectors the graph was built on (PCA-reduced features when the bank used PCA)."""
-        pca = self.path / "features_pca.npy"
-        return np.load(pca, mmap_mode="r") if pca.exists() else self.features
-
-    @property
     def space(self) -> BankSpace:
         return BankSpace(
             size=self.size, features=self.features, graph=self.graph, coresets=self.coresets, path=str(self.path),
@@ -108,7 +102,8 @@ def open_array(path: Path, name: str, ndim: int, rows: int | None = None, intege
     try:
         arr = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:  # truncated, not an .npy, an object array
-        raise StimoptError(f"bank {path}: {name} is damaged or truncated ({str(exc)[:120]}); {repair_hint(path, name)}") from None
+        why = "not a NumPy array file" if "pickled" in str(exc) else str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise StimoptError(f"bank {path}: {name} is damaged or truncated ({why}); {repair_hint(path, name)}") from None
     wrong = (arr.ndim != ndim or (rows is not None and arr.shape[0] != rows)
              or (integer and not np.issubdtype(arr.dtype, np.integer)) or (not integer and not np.issubdtype(arr.dtype, np.floating)))
     if wrong:
