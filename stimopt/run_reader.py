@@ -9,7 +9,6 @@ in WAL mode lets such readers run beside the writer without blocking it.
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -117,9 +116,10 @@ def snapshot(run_dir: str | Path, k: int = 8, worst: bool = True) -> dict:
     }
 
 
-def bank_codes(snap: dict, indices) -> np.ndarray:
-    return np.asarray([int(i) for i in indices], dtype=np.int64)
-
-
-def finite_or_none(x):
-    return None if x is None or not math.isfinite(float(x)) else float(x)
+def code_of(run_dir: str | Path, evaluation_id: int):
+    """The stored code (flat float32 array) or bank index of one evaluation; None if absent."""
+    with closing(connect(run_dir)) as db:
+        row = db.execute("SELECT code, bank_index FROM evaluations WHERE id=?", (int(evaluation_id),)).fetchone()
+    if row is None:
+        return None
+    return row[1] if row[0] is None else np.frombuffer(row[0], dtype=np.float32).copy()
