@@ -135,8 +135,6 @@ class InboxReader:
 
     def _parse(self, raw: bytes):
         """``None`` for a done line, else ``(index, repeat, counts)``; raises ``Rejected``."""
-        if len(raw) > MAX_LINE_BYTES:
-            raise Rejected("malformed", f"line longer than {MAX_LINE_BYTES} bytes")
         try:
             rec = json.loads(raw)
         except RecursionError:
@@ -174,6 +172,11 @@ class InboxReader:
 
     def _line(self, raw: bytes, offset: int, last: bool = False) -> None:
         self.line_no += 1
+        if len(raw) > MAX_LINE_BYTES:
+            self.n_lines += 1
+            self._reject("truncated" if last else "malformed", f"line longer than {MAX_LINE_BYTES} bytes",
+                         self.line_no, offset, raw)
+            return
         text = raw.strip()
         if not text:
             return
