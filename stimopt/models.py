@@ -48,9 +48,16 @@ def _load_lite0() -> torch.nn.Module:
 def _load_state_file(model: torch.nn.Module, path: str, name: str) -> None:
     if not os.path.isfile(path):
         raise StimoptError(f"weight file {path} for model '{name}' does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # random bytes, text, a truncated file or a pickle of other objects: not a state dict
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raise StimoptError(f"weight file {path} for model '{name}' cannot be read as a PyTorch state dict (not written by "
+                           "torch.save, truncated, or holding code objects); give a file saved with torch.save(model.state_dict(), PATH)") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise StimoptError(f"weight file {path} for model '{name}' holds a {type(state).__name__}, not a state dict; "
+                           "give a file saved with torch.save(model.state_dict(), PATH)")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
