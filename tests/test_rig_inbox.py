@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import threading
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import BIN, cli_env, run_cli
 from stimopt.errors import StimoptError
 from stimopt_plugins.rig import RigTarget, gen_name
 
@@ -226,3 +228,26 @@ def test_lines_after_the_done_line_are_not_used(tmp_path):
     answer(tmp_path / "b", [trial(0, counts=[1]), json.dumps({"generation": 0, "done": "yes"})])
     _, last2 = run_generation(tmp_path / "b", n=2)
     assert not last2["done_line"] and last2["malformed"] == 1
+
+
+@pytest.mark.slow
+def test_a_lab_that_never_answers_ends_the_run_cleanly_and_says_so(tmp_path):
+    """End to end: stimopt and stimopt-rig-sim as processes; the lab takes every manifest and is silent."""
+    rig, run = tmp_path / "rig", tmp_path / "run"
+    env = cli_env(OMP_NUM_THREADS="1")
+    sim = subprocess.Popen([str(BIN / "stimopt-rig-sim"), str(rig), "--input-size", "16", "--latency", "600"],
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        done = run_cli(["experiment=rig", f"target.rig_dir={rig}", "target.timeout_s=0.5", "generator=pixels",
+                        "generator.size=16", "generator.resolution=4", "optimizer=random", "budget=8", "batch_size=4",
+                        "logger=none", f"hydra.run.dir={run}"], cwd=tmp_path, env=env, timeout=240)
+    finally:
+        sim.kill()
+        sim.wait(30)
+    assert done.returncode == 0 and "Traceback" not in done.stderr
+    assert "no response was recorded in 8 evaluations (8 missing" in done.stdout
+    log = [json.loads(x) for x in (rig / "log.jsonl").read_text().splitlines()]
+    assert [(e["timed_out"], e["missing"], e["answered"]) for e in log] == [(True, 4, 0), (True, 4, 0)]
+    assert all(0.5 <= e["total_s"] < 5 for e in log)  # the timeout fired as documented, no longer
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_response"] is None and summary["n_missing"] == 8
