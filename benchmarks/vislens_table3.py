@@ -67,14 +67,19 @@ def fit(prior, x, r, args, tmp, refs):
 
 
 def edited(gen, opt, direction, n, asks=1):
-    """Codes after ``asks`` asks of an optimizer set up on gen's space for ``direction``."""
-    opt.setup(gen.space, seed=0, budget=10**6, batch_size=n)
-    target = edited.target
-    if opt.white_box:
-        opt.attach(gen, target, Objective(direction))
-    codes = None
-    for _ in range(asks):
-        codes = opt.ask(n)
+    """Codes of the last of ``asks`` asks of an optimizer run through the engine on gen's space for
+    ``direction`` (a white-box optimizer's gradient passes are evaluations too: the budget covers them)."""
+    from stimopt.engine import Run
+    from stimopt.store import RunStore
+
+    budget = asks * (getattr(opt, "steps_per_ask", 0) + 1) * n
+    opt.setup(gen.space, seed=0, budget=budget, batch_size=n)
+    with tempfile.TemporaryDirectory() as d:
+        store = RunStore(Path(d) / "e.sqlite", synchronous="NORMAL")
+        Run(target=edited.target, generator=gen, optimizer=opt, objective=Objective(direction), store=store,
+            budget=budget, batch_size=n, run_dir=Path(d)).run()
+        codes = store.codes()[-n:]
+        store.close()
     return codes
 
 

@@ -59,7 +59,7 @@ def run_one(target, generator, optimizer, budget: int, batch: int, seed: int, wo
     store = RunStore(workdir / f"run{time.perf_counter_ns()}.sqlite", synchronous="NORMAL")
     optimizer.setup(generator.space, seed=seed, budget=budget, batch_size=batch)
     run = Run(target=target, generator=generator, optimizer=optimizer, objective=Objective("max"), store=store,
-              budget=budget, batch_size=batch, seed=seed, on_bad_response="skip", run_dir=workdir)
+              budget=budget, batch_size=batch, on_bad_response="skip", run_dir=workdir)
     run.run()
     best = reference.best_evolved(run)
     store.close()

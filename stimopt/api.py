@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from stimopt.differentiable import DifferentiableObjective
 
 
 class CodeSpace:
@@ -64,9 +67,14 @@ class Target(abc.ABC):
 
     A target may keep random state (noise models, a rig's trial counter); if so it implements
     ``state_dict``/``load_state_dict`` so a resumed run continues exactly.
+
+    ``differentiable``: True when ``evaluate`` computes its responses in torch so gradients flow
+    from them back to the images (a model target). White-box optimizers are refused at
+    composition for a target that is not (a rig, a noise model).
     """
 
     n_outputs: int = 1
+    differentiable: ClassVar[bool] = False
 
     @abc.abstractmethod
     def evaluate(self, images):
@@ -112,11 +120,18 @@ class Optimizer(abc.ABC):
     """
 
     accepts: ClassVar[tuple[type[CodeSpace], ...]] = (ContinuousSpace,)
-    #: White-box optimizers (gradient ascent) set this; the engine then calls ``attach`` once.
+    #: White-box optimizers (gradient ascent) set this: they score codes through the handle given to
+    #: ``bind``, and the engine refuses them for targets or generators that cannot be differentiated.
     white_box: ClassVar[bool] = False
 
-    def attach(self, generator: "Generator", target: "Target", objective) -> None:
-        """White-box optimizers only: receive the differentiable path score = objective(target(generator(z)))."""
+    def bind(self, objective: "DifferentiableObjective") -> None:
+        """Called once by the engine, after ``setup``, with the run's objective handle.
+
+        ``objective(codes_tensor)`` returns differentiable scores, and every such call is an
+        evaluation the engine records and counts against the budget (``objective.remaining``
+        says how many are left to the current ask); ``objective.direction`` is there for
+        algorithms stated in response terms. Black-box optimizers ignore it.
+        """
 
     def setup(self, space: CodeSpace, *, seed: int, budget: int, batch_size: int) -> None:
         """Called once before the first ask (also before ``load_state_dict`` on resume)."""
@@ -148,10 +163,6 @@ class Optimizer(abc.ABC):
     @abc.abstractmethod
     def load_state_dict(self, state: dict) -> None:
         """Restore the state from ``state_dict``."""
-
-    @classmethod
-    def fits(cls, space: CodeSpace) -> bool:
-        return isinstance(space, cls.accepts)
 
     def describe(self) -> str:
         return type(self).__name__

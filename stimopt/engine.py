@@ -7,6 +7,11 @@
     optimizer.tell(codes, score)
     store.append(generation, ...)       # committed, with the checkpoint, before the next ask
 
+The black-box path runs under ``torch.inference_mode()``. A white-box optimizer scores codes
+with gradients inside its ``ask`` through the run's :class:`DifferentiableObjective` (handed to
+``Optimizer.bind``); each such pass is committed as a generation of its own through the same
+``_record`` and counts against the budget (stimopt.differentiable).
+
 Observers (progress bar, W&B, ...) hang off the loop; they never change what it computes.
 """
 from __future__ import annotations
@@ -20,6 +25,7 @@ import numpy as np
 import torch
 
 from stimopt.api import Generator, Optimizer, Target
+from stimopt.differentiable import DifferentiableObjective
 from stimopt.errors import StimoptError
 from stimopt.objective import Objective
 from stimopt.store import RunStore
@@ -59,11 +65,12 @@ class Run:
     store: RunStore
     budget: int
     batch_size: int
-    seed: int = 0
     on_bad_response: str = "stop"
     run_dir: Path = Path(".")
     observers: list[Observer] = field(default_factory=list)
     progress: Progress = field(default_factory=Progress)
+    _clock: float = field(default=0.0, init=False, repr=False)  # end of the last commit (loop time)
+    _asked: int = field(default=0, init=False, repr=False)  # codes the ask in flight will return
 
     def __post_init__(self):
         if self.budget <= 0:
@@ -72,6 +79,7 @@ class Run:
             raise StimoptError(f"batch_size must be positive, got {self.batch_size}")
         if self.on_bad_response not in BAD_RESPONSE_POLICIES:
             raise StimoptError(f"on_bad_response must be one of {BAD_RESPONSE_POLICIES}, got '{self.on_bad_response}'")
+        self.optimizer.bind(DifferentiableObjective(self))
 
     # -- checkpointing ----------------------------------------------------------------------
     def checkpoint(self) -> dict:
@@ -100,49 +108,63 @@ class Run:
 
     # -- one generation ---------------------------------------------------------------------
     def step(self) -> dict:
-        p = self.progress
-        n = min(self.batch_size, self.budget - p.n_evaluations)
-        t0 = time.perf_counter()
-        codes = np.asarray(self.optimizer.ask(n))
+        n = min(self.batch_size, self.budget - self.progress.n_evaluations)
+        self._clock, self._asked = time.perf_counter(), n
+        codes = np.asarray(self.optimizer.ask(n))  # a white-box ask commits its own passes in here
         if len(codes) != n:
             raise StimoptError(f"optimizer {self.optimizer.describe()} returned {len(codes)} codes for ask({n})")
         info = self.optimizer.ask_info()
         t1 = time.perf_counter()
         with torch.inference_mode():
             images = self.generator.generate(codes)
-        t2 = time.perf_counter()
-        with torch.inference_mode():
+            t2 = time.perf_counter()
             raw = self.target.evaluate(images)
         t3 = time.perf_counter()
+        self._asked = 0
         outputs = self._check(raw, codes, images, n)
         response, score = self.objective(outputs)
         self.optimizer.tell(codes, score)
-        t4 = time.perf_counter()
+        return self._record(codes, outputs, response, score, info, t2 - t1, t3 - t2)
 
+    def budget_left_in_ask(self) -> int:
+        """Evaluations a white-box ask may still spend, keeping room for the codes it returns."""
+        return self.budget - self.progress.n_evaluations - self._asked
+
+    def commit(self, codes, images, raw, info, time_generate: float, time_evaluate: float) -> dict:
+        """A white-box pass (stimopt.differentiable): checked, scored and stored as a generation; not told."""
+        outputs = self._check(raw, codes, images, len(codes))
+        response, score = self.objective(outputs)
+        return self._record(codes, outputs, response, score, info, time_generate, time_evaluate)
+
+    def _record(self, codes, outputs, response, score, info, time_generate: float, time_evaluate: float) -> dict:
+        """Best so far, counters, the store (one transaction with the checkpoint), observers."""
+        p = self.progress
         finite = np.isfinite(score)
-        if finite.any():
-            i = int(np.flatnonzero(finite)[np.argmax(score[finite])])
-            if score[i] > p.best_score:
-                p.best_score, p.best_response = float(score[i]), float(response[i])
-        p.n_evaluations += n
-        p.time_generate += t2 - t1
-        p.time_evaluate += t3 - t2
-        p.time_total += t4 - t0
+        best = int(np.flatnonzero(finite)[np.argmax(score[finite])]) if finite.any() else None
+        if best is not None and score[best] > p.best_score:
+            p.best_score, p.best_response = float(score[best]), float(response[best])
+        p.n_evaluations += len(codes)
+        p.time_generate += time_generate
+        p.time_evaluate += time_evaluate
+        now = time.perf_counter()
+        p.time_total += now - self._clock
         record = {
             "generation": p.generation,
             "n_evaluations": p.n_evaluations,
             "best_so_far": p.best_response,
-            "generation_best": float(response[finite][np.argmax(score[finite])]) if finite.any() else math.nan,
+            "generation_best": float(response[best]) if best is not None else math.nan,
             "generation_mean": float(response[finite].mean()) if finite.any() else math.nan,
             "n_missing": int((~finite).sum()),
         }
-        generation = p.generation
         p.generation += 1
         self.store.append_generation(
-            generation, codes, response, score, outputs if outputs.ndim == 2 else None, info,
-            p.n_evaluations, t4 - t0, self.checkpoint(),
+            record["generation"], codes, response, score, outputs if outputs.ndim == 2 else None, info,
+            p.n_evaluations, now - self._clock, self.checkpoint(),
         )
-        p.time_total += time.perf_counter() - t4
+        self._clock = time.perf_counter()
+        p.time_total += self._clock - now
+        for obs in self.observers:
+            obs.on_generation(self, record)
         return record
 
     def _check(self, raw, codes, images, n: int) -> np.ndarray:
@@ -173,7 +195,5 @@ class Run:
         for obs in self.observers:
             obs.on_start(self)
         while self.progress.n_evaluations < self.budget:
-            record = self.step()
-            for obs in self.observers:
-                obs.on_generation(self, record)
+            self.step()
         return self.progress

@@ -176,22 +176,25 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
     gen_name, opt_name = component_name(cfg.generator), component_name(cfg.optimizer)
     gen_cls, opt_cls = resolve_class("generator", cfg.generator), resolve_class("optimizer", cfg.optimizer)
     check_fit(gen_cls.space_type, opt_cls.accepts, gen_name, opt_name)  # cheap: before any model or bank loads
-    optimizer = build("optimizer", cfg.optimizer)
     from stimopt import noise
+    from stimopt.differentiable import check_white_box
 
+    names = (component_name(cfg.target), gen_name, opt_name)
+    noisy = (cfg.get("noise") or {}).get("kind") not in (None, "none", "null", False)
+    check_white_box(opt_cls, resolve_class("target", cfg.target), gen_cls, names, noisy)  # before anything is shown
+    optimizer = build("optimizer", cfg.optimizer)
     # the noise group (noise=none|poisson|gaussian) wraps any target (stimopt.noise)
     target = noise.wrap(build("target", cfg.target, device=cfg.device), cfg.get("noise"), seed=int(cfg.seed))
     generator = build("generator", cfg.generator, device=cfg.device)
     check_fit(type(generator.space), opt_cls.accepts, gen_name, opt_name, space=generator.space)
+    check_white_box(opt_cls, target, generator, names)
     objective = Objective(cfg.direction, **OmegaConf.to_container(cfg.get("objective") or {}, resolve=True))
     run_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(cfg, run_dir)
     optimizer.setup(generator.space, seed=int(cfg.seed), budget=int(cfg.budget), batch_size=int(cfg.batch_size))
-    if optimizer.white_box:
-        optimizer.attach(generator, target, objective)
-    run = Run(
+    run = Run(  # hands the optimizer the run's objective handle (Optimizer.bind)
         target=target, generator=generator, optimizer=optimizer, objective=objective, store=store,
-        budget=int(cfg.budget), batch_size=int(cfg.batch_size), seed=int(cfg.seed),
+        budget=int(cfg.budget), batch_size=int(cfg.batch_size),
         on_bad_response=str(cfg.on_bad_response), run_dir=run_dir,
     )
     run.restore()

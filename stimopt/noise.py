@@ -133,9 +133,6 @@ class NoisyTarget(Target):
         return self.scale
 
     # -- the noisy read ---------------------------------------------------------------------------
-    def evaluate_clean(self, images):
-        return self.inner.evaluate(images)
-
     def evaluate(self, images):
         clean = self.inner.evaluate(images)
         a = clean.detach().double().cpu().numpy() if isinstance(clean, torch.Tensor) else np.asarray(clean, np.float64)

@@ -4,6 +4,11 @@
 per stimulus (the value reported as "response"); ``score = +response`` for ``direction=max`` and
 ``-response`` for ``direction=min``. Optimizers only ever see scores and always maximize them.
 
+One implementation, in torch: the engine passes numpy arrays (and gets numpy back), a white-box
+optimizer's :class:`stimopt.differentiable.DifferentiableObjective` passes tensors with gradients
+(and gets differentiable tensors back), so both paths score exactly the same thing. Nothing else
+applies the direction: reports read the stored ``score`` column.
+
 Read-outs over many outputs (neurons, ROIs, channels), each a ``conf/objective/*.yaml``:
 
 - ``single``: the one output (or the mean of all when there are several);
@@ -21,6 +26,7 @@ A response is NaN when any output it reads is NaN (a missing trial stays missing
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from stimopt.errors import StimoptError
 
@@ -54,7 +60,7 @@ class Objective:
         if direction not in DIRECTIONS:
             raise StimoptError(f"direction must be 'max' or 'min', got '{direction}'")
         self.direction = direction
-        self.sign = DIRECTIONS[direction]
+        self._sign = DIRECTIONS[direction]  # private: the direction is applied by score() only
         modes = [name for name, v in (("weights", weights), ("select", select), ("maximize/suppress", maximize or suppress),
                                       ("terms", terms), ("pattern", pattern)) if v is not None and v is not False]
         if len(modes) > 1:
@@ -83,56 +89,63 @@ class Objective:
         if self.pattern is not None and self.pattern_outputs is not None and len(self.pattern_outputs) != self.pattern.size:
             raise StimoptError(f"objective pattern has {self.pattern.size} values but pattern_outputs names {len(self.pattern_outputs)} outputs")
 
-    # -- read-outs ---------------------------------------------------------------------------------
-    def _columns(self, r: np.ndarray, idx: list[int], what: str) -> np.ndarray:
+    # -- read-outs (torch: the engine's numpy arrays and a white-box optimizer's tensors alike) -------
+    def _columns(self, r: torch.Tensor, idx: list[int], what: str) -> torch.Tensor:
         if max(idx) >= r.shape[1]:
             raise StimoptError(f"objective {what} reads output {max(idx)}, but the target returns {r.shape[1]} outputs (0..{r.shape[1] - 1})")
         return r[:, idx]
 
-    def _pattern(self, r: np.ndarray) -> np.ndarray:
+    def _pattern(self, r: torch.Tensor) -> torch.Tensor:
         x = r if self.pattern_outputs is None else self._columns(r, self.pattern_outputs, "pattern_outputs")
         if x.shape[1] != self.pattern.size:
             raise StimoptError(f"objective pattern has {self.pattern.size} values but the target returns {x.shape[1]} outputs")
+        p = torch.as_tensor(self.pattern, dtype=r.dtype, device=r.device)
         if self.pattern_metric == "rmse":
-            return -np.sqrt(((x - self.pattern) ** 2).mean(axis=1))
-        xc = x - x.mean(axis=1, keepdims=True)
-        pc = self.pattern - self.pattern.mean()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return (xc @ pc) / (np.linalg.norm(xc, axis=1) * np.linalg.norm(pc))
+            return -((x - p) ** 2).mean(1).sqrt()
+        xc, pc = x - x.mean(1, keepdim=True), p - p.mean()
+        return (xc @ pc) / (xc.norm(dim=1) * pc.norm())
 
-    def combine(self, responses: np.ndarray) -> np.ndarray:
-        """[B] or [B, n] raw responses -> [B] response values (before the direction)."""
-        r = np.asarray(responses, dtype=np.float64)
+    def _combine(self, r: torch.Tensor) -> torch.Tensor:
         if self.terms is not None or self.pattern is not None:
             r = r[:, None] if r.ndim == 1 else r
             if self.pattern is not None:
                 return self._pattern(r)
-            return sum(w * self._columns(r, idx, "outputs").mean(axis=1) for idx, w in self.terms)
+            return sum(w * self._columns(r, idx, "outputs").mean(1) for idx, w in self.terms)
         if r.ndim == 1:
             if self.weights is not None and self.weights.size != 1:
                 raise StimoptError(
                     f"objective has {self.weights.size} weights but the target returns one output per stimulus"
                 )
-            return r if self.weights is None else r * self.weights[0]
+            return r if self.weights is None else r * float(self.weights[0])
         if self.weights is None:
-            return r.mean(axis=1)
+            return r.mean(1)
         if r.shape[1] != self.weights.size:
             raise StimoptError(
                 f"objective has {self.weights.size} weights but the target returns {r.shape[1]} outputs; "
                 "give one weight per output"
             )
-        return r @ self.weights
+        return r @ torch.as_tensor(self.weights, dtype=r.dtype, device=r.device)
 
-    def score(self, response: np.ndarray) -> np.ndarray:
-        return self.sign * np.asarray(response, dtype=np.float64)
+    def combine(self, responses):
+        """[B] or [B, n] raw responses -> [B] response values (before the direction).
 
-    def __call__(self, responses) -> tuple[np.ndarray, np.ndarray]:
+        A numpy array (or list) gives float64 numpy; a tensor gives a tensor of its dtype and
+        device, differentiable.
+        """
+        if isinstance(responses, torch.Tensor):
+            return self._combine(responses)
+        return self._combine(torch.from_numpy(np.asarray(responses, dtype=np.float64))).numpy()
+
+    def score(self, response):
+        """The direction, applied here and nowhere else: what optimizers maximize."""
+        if isinstance(response, torch.Tensor):
+            return self._sign * response
+        return self._sign * np.asarray(response, dtype=np.float64)
+
+    def __call__(self, responses):
+        """(response, score), both [B]: numpy for numpy input, tensors (with gradients) for tensors."""
         response = self.combine(responses)
         return response, self.score(response)
-
-    def better(self, a: float, b: float) -> bool:
-        """Is response a better than response b in this direction?"""
-        return self.sign * a > self.sign * b
 
     def describe(self) -> str:
         if self.pattern is not None:

@@ -14,8 +14,9 @@ The natural set (config ``reference``):
 Responses are the *noiseless* target's (a :class:`stimopt.noise.NoisyTarget` is read through its
 clean target), and the best evolved stimulus is the one with the best recorded score, regenerated
 from its code and measured without noise: what an experimenter would pick, measured truly.
-With direction=min everything is mirrored (best = lowest); a ratio is reported only when the best
-natural response has the direction's sign, otherwise it would not mean "how much stronger".
+"Best" means best-scoring, as the run's objective scores it (with direction=min, the lowest); a
+ratio is reported only when the best natural score is positive (the best natural response has the
+direction's sign), otherwise it would not mean "how much stronger".
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from stimopt.errors import StimoptError
-from stimopt.noise import expected_max
+from stimopt.objective import Objective
 
 REFERENCE_KINDS = ("natural_crops", "bank")
 
@@ -63,19 +64,33 @@ def natural_responses(target, objective, kind: str = "natural_crops", n: int = 5
     return np.concatenate(out), what
 
 
+def _expected_best(responses: np.ndarray, scores: np.ndarray, k: int) -> float:
+    """Expected response of the best-scoring of ``k`` draws (with replacement) from these stimuli."""
+    order = np.argsort(scores, kind="stable")
+    i = np.arange(1, order.size + 1, dtype=np.float64)
+    weights = (i / order.size) ** k - ((i - 1) / order.size) ** k
+    return float(weights @ responses[order])
+
+
 def relative(evolved: float, natural: np.ndarray, n_random: int, direction: str = "max") -> dict:
-    """The metrics from a best evolved response and the natural responses (pure function)."""
-    sign = 1.0 if direction == "max" else -1.0
-    nat = sign * np.asarray(natural, np.float64)
+    """The metrics from a best evolved response and the natural (combined) responses (pure function).
+
+    "Best" is best-scoring: the responses are scored by the run's objective for ``direction`` (the
+    one place that applies it); every value reported is a response, ratios are of responses.
+    """
+    score = Objective(direction).score
+    nat = np.asarray(natural, np.float64)
     nat = nat[np.isfinite(nat)]
-    best_nat = float(nat.max()) if nat.size else float("nan")
-    random_best = expected_max(nat, int(n_random)) if nat.size else float("nan")
-    ok = best_nat > 0
+    s = score(nat)
+    best = int(np.argmax(s)) if nat.size else None
+    best_nat = float(nat[best]) if nat.size else float("nan")
+    random_best = _expected_best(nat, s, int(n_random)) if nat.size else float("nan")
+    ok = best is not None and s[best] > 0  # on the direction's side of zero, or "x times stronger" means nothing
     return {
         "best_evolved": float(evolved),
-        "best_natural": sign * best_nat,
-        "relative_activation": float(sign * evolved / best_nat) if ok else None,
-        "expected_best_of_random": sign * random_best,
+        "best_natural": best_nat,
+        "relative_activation": float(evolved / best_nat) if ok else None,
+        "expected_best_of_random": random_best,
         "random_relative_activation": float(random_best / best_nat) if ok else None,
         "n_random": int(n_random),
         "n_natural": int(nat.size),

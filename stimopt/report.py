@@ -19,6 +19,16 @@ def _figure():
     return plt
 
 
+def best_so_far(responses: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """[N]: the response of the best-scoring of the first i + 1 evaluations (NaN while none has a
+    score). Reads the stored scores, so the direction is the objective's, never re-derived here."""
+    s = np.where(np.isnan(scores), -np.inf, np.asarray(scores, dtype=np.float64))
+    if not s.size:
+        return np.zeros(0)
+    earlier = np.concatenate([[-np.inf], np.maximum.accumulate(s)[:-1]])
+    return np.asarray(responses, dtype=np.float64)[np.maximum.accumulate(np.where(s > earlier, np.arange(s.size), 0))]
+
+
 def best_images(run, k: int = N_BEST) -> tuple[np.ndarray, list[float]]:
     """Regenerate the k best stimuli from their stored codes: (images [k,H,W,3], responses)."""
     top = run.store.top(k)
@@ -55,8 +65,7 @@ def save_trajectory(run, path: Path) -> None:
     n = np.array([g["n_evaluations"] for g in gens])
     best = np.array([np.nan if g["best_response"] is None else g["best_response"] for g in gens])
     mean = np.array([np.nan if g["mean_response"] is None else g["mean_response"] for g in gens])
-    pick = np.fmax if run.objective.direction == "max" else np.fmin
-    so_far = pick.accumulate(np.where(np.isnan(best), -np.inf * run.objective.sign, best))
+    so_far = best_so_far(run.store.responses(), run.store.scores())[n - 1]
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot(n, so_far, label="best so far")
     ax.plot(n, best, alpha=0.5, label="generation best")

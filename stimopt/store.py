@@ -178,6 +178,11 @@ class RunStore:
         rows = self.db.execute("SELECT response FROM evaluations ORDER BY id").fetchall()
         return np.array([np.nan if r[0] is None else r[0] for r in rows], dtype=np.float64)
 
+    def scores(self) -> np.ndarray:
+        """All scores (direction applied by the run's objective) in evaluation order (NaN where missing)."""
+        rows = self.db.execute("SELECT score FROM evaluations ORDER BY id").fetchall()
+        return np.array([np.nan if r[0] is None else r[0] for r in rows], dtype=np.float64)
+
     def top(self, k: int) -> list[dict]:
         """The k best-scoring evaluations with their codes (array) or bank indices."""
         cur = self.db.execute(

@@ -54,6 +54,7 @@ def plot(rows: list[dict], sweep_dir: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from stimopt.report import best_so_far
     from stimopt.store import RunStore
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -62,13 +63,11 @@ def plot(rows: list[dict], sweep_dir: Path) -> None:
         if not db.exists():
             continue
         store = RunStore(db)
-        direction = (store.meta("config") or {}).get("direction", "max")
-        resp = store.responses()
+        resp, scores = store.responses(), store.scores()
         store.close()
         if not resp.size:
             continue
-        fill = -np.inf if direction == "max" else np.inf
-        acc = (np.fmax if direction == "max" else np.fmin).accumulate(np.where(np.isnan(resp), fill, resp))
+        acc = best_so_far(resp, scores)  # by the stored score: the run's objective applied the direction
         ax.plot(np.arange(1, resp.size + 1), acc, label=r["overrides"] or r["job"])
     ax.set_xlabel("evaluations")
     ax.set_ylabel("best response so far")

@@ -52,7 +52,7 @@ def make_run(tmp_path, target=None, optimizer=None, direction="max", budget=200,
     opt.setup(gen.space, seed=seed, budget=budget, batch_size=batch)
     store = RunStore(tmp_path / name / "evaluations.sqlite")
     run = Run(target=target or MeanBrightness(), generator=gen, optimizer=opt, objective=Objective(direction),
-              store=store, budget=budget, batch_size=batch, seed=seed, on_bad_response=policy, run_dir=tmp_path / name)
+              store=store, budget=budget, batch_size=batch, on_bad_response=policy, run_dir=tmp_path / name)
     run.restore()
     return run
 

@@ -129,7 +129,7 @@ def test_walk_rejects_what_it_cannot_do():
         Walk().setup(stimopt.BankSpace(size=100), seed=0, budget=10, batch_size=5)
     with pytest.raises(stimopt.StimoptError, match="positive"):
         Walk(K=0)
-    assert not Walk.fits(stimopt.ContinuousSpace(dim=3))
+    assert not isinstance(stimopt.ContinuousSpace(dim=3), Walk.accepts)
 
 
 def test_graph_path_follows_knn_relations_and_reaches_an_outlier():

@@ -160,7 +160,7 @@ def test_vislens_runs_prior_shift_and_brainactiv(tiny_world, latent_gen, tmp_pat
     s = run_experiment(compose(["generator=vislens", "optimizer=prior_shift", "optimizer.alphas=[0.0,1.0]", "direction=max",
                                 *common]), tmp_path / "ps", progress=False)
     assert (tmp_path / "ps" / "summary.json").is_file() and (tmp_path / "ps" / "best.png").is_file()
-    assert s["n_evaluations"] == 8 and set(s["optimizer_report"]["mean_response_by_alpha"]) == {"0", "1"}
+    assert s["n_evaluations"] == 8 and set(s["optimizer_report"]["mean_score_by_alpha"]) == {"0", "1"}
     s = run_experiment(compose(["generator=vislens", "generator.code=clip", "optimizer=brainactiv", "direction=min", *common]),
                        tmp_path / "ba", progress=False)
     assert s["n_evaluations"] == 8 and s["optimizer_report"]["direction"] == "min"

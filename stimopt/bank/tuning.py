@@ -15,6 +15,7 @@ import numpy as np
 from stimopt.api import BankSpace
 from stimopt.bank.bank import load_bank
 from stimopt.errors import StimoptError
+from stimopt.objective import Objective
 
 
 def graph_path(graph: np.ndarray, src: int, dst: int, max_depth: int = 64) -> list[int] | None:
@@ -79,7 +80,7 @@ def tuning_curve(run_dir: str | Path, max_steps: int = 12, log=None) -> dict:
         raise StimoptError(f"{run_dir} holds no run (no evaluations.sqlite)")
     store = RunStore(db)
     cfg = OmegaConf.create(store.meta("config"))
-    codes, responses = store.codes(), store.responses()
+    codes, scores = store.codes(), store.scores()
     store.close()
     plugins.load_plugins()
     seed_everything(int(cfg.seed))  # as build_run does, so randomly initialized targets are the run's
@@ -87,21 +88,22 @@ def tuning_curve(run_dir: str | Path, max_steps: int = 12, log=None) -> dict:
     space = generator.space
     if not isinstance(space, BankSpace) or space.graph is None or space.path is None:
         raise StimoptError(f"tuning curves need a run over a bank with a kNN graph; {run_dir} used generator {generator.describe()}")
-    ok = np.isfinite(responses)
+    ok = np.isfinite(scores)
     if ok.sum() < 2:
         raise StimoptError(f"{run_dir} has fewer than 2 scored images")
-    sign = -1.0 if cfg.direction == "min" else 1.0
-    codes, responses = np.asarray(codes).reshape(len(codes), -1)[:, 0].astype(np.int64)[ok], responses[ok]
-    worst, best = int(codes[np.argmin(sign * responses)]), int(codes[np.argmax(sign * responses)])
+    codes, scores = np.asarray(codes).reshape(len(codes), -1)[:, 0].astype(np.int64)[ok], scores[ok]
+    worst, best = int(codes[np.argmin(scores)]), int(codes[np.argmax(scores)])  # stored scores: the direction is applied
     path = graph_path(space.graph, worst, best)
     if path is None:
         raise StimoptError("the run's worst and best images are not connected in the bank's graph within 64 steps")
     if len(path) > max_steps:  # keep both ends, subsample the middle evenly
         path = [path[int(round(t))] for t in np.linspace(0, len(path) - 1, max_steps)]
     target = noiseless_target(cfg.target)
+    objective = Objective(cfg.direction, **OmegaConf.to_container(cfg.get("objective") or {}, resolve=True))  # the run's read-out
     with torch.inference_mode():
         images = generator.generate(np.array(path))
-        resp = np.asarray(torch.as_tensor(target.evaluate(images)).float().cpu()).reshape(len(path), -1)[:, 0]
+        raw = target.evaluate(images)
+    resp = objective.combine(raw.detach().double().cpu().numpy() if isinstance(raw, torch.Tensor) else np.asarray(raw, np.float64))
     target.close()
     names = load_bank(space.path).names(path)
     rows = [{"step": s, "index": i, "name": nm, "response": float(r)} for s, (i, nm, r) in enumerate(zip(path, names, resp))]

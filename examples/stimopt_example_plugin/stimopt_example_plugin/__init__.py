@@ -16,6 +16,8 @@ import stimopt
 class EdgeNeuron(stimopt.Target):
     """Rectified response of an oriented Gabor filter centred in the image."""
 
+    differentiable = True  # computed in torch, so gradient optimizers (latent_gradient) fit it too
+
     def __init__(self, orientation_deg: float = 45.0, wavelength: float = 0.25, device: str = "cpu"):
         self.orientation_deg = orientation_deg
         size = 33

@@ -1,0 +1,141 @@
+"""``stimopt-fit model=vislens_vae``: images -> target responses (+ CLIP embeddings) -> a VAE with
+the activation (or standard) prior, plus the BrainACTIV ridge direction for CLIP-space fits."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stimopt.device import resolve_device
+from stimopt.errors import StimoptError
+from stimopt_plugins.vislens.landscape import CHECKPOINT_NAME
+from stimopt_plugins.vislens.vae import ConvVAE, LinearVAE, PriorSpec, encode_means, landscape_report, save_landscape, train_vae
+
+
+def load_images(source: str, n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, Path | None]:
+    """(images [n,3,size,size] in [0,1], folder to cache beside or None).
+
+    ``natural``: offline photo crops; a built bank (a folder with manifest.json, from
+    ``stimopt-bank``): n images drawn without replacement (seeded), cached beside the bank;
+    otherwise a bank source (image folder, zip/tar shards, ``demo``) read with stimopt.bank.sources.
+    """
+    if source == "natural":
+        from stimopt.natural import natural_crops
+
+        return natural_crops(n, size, seed), None
+    path = Path(str(source))
+    if (path / "manifest.json").is_file():
+        from stimopt.bank.bank import load_bank
+
+        bank = load_bank(path)
+        idx = np.sort(np.random.default_rng(seed).choice(bank.size, size=min(n, bank.size), replace=False))
+        return bank.images(idx, size), path
+    from stimopt.bank import sources
+
+    out, left = [], n
+    for shard in sources.plan_shards(str(source)):
+        imgs = sources.read_items(shard, sources.shard_items(shard)[:left], size)[0]
+        out.append(imgs)
+        left -= len(imgs)
+        if left <= 0:
+            break
+    if not out or sum(len(o) for o in out) == 0:
+        raise StimoptError(f"no images could be read from {source}")
+    return torch.cat(out)[:n], (path if path.is_dir() else path.parent if path.is_file() else None)
+
+
+@torch.no_grad()
+def target_responses(target, images: torch.Tensor, batch_size: int = 64, output: int | None = None) -> np.ndarray:
+    r = torch.cat([torch.as_tensor(target.evaluate(images[i:i + batch_size])).float().cpu() for i in range(0, len(images), batch_size)])
+    if r.ndim == 2:
+        r = r.mean(1) if output is None else r[:, int(output)]
+    return r.numpy().astype(np.float64)
+
+
+def ridge_direction(emb: torch.Tensor, r: np.ndarray, alpha: float = 1.0) -> dict:
+    """BrainACTIV: ridge (scikit-learn, unpenalized intercept) from L2-normalized CLIP embeddings to
+    responses; w/||w|| is the direction."""
+    from sklearn.linear_model import Ridge
+
+    u = F.normalize(emb.double(), dim=1).numpy()
+    r = np.asarray(r, dtype=np.float64)
+    ridge = Ridge(alpha=float(alpha)).fit(u, r)
+    w = ridge.coef_.astype(np.float64)
+    return {"w": torch.from_numpy(w / np.linalg.norm(w)).float(), "w_raw": torch.from_numpy(w).float(),
+            "b": float(ridge.intercept_), "alpha": float(alpha), "r2_train": float(ridge.score(u, r))}
+
+
+def fit_vislens_vae(cfg, out_dir: Path) -> dict:
+    """Fit a Vis-Lens landscape: images -> target responses (+ CLIP embeddings) -> VAE with the
+    activation (or standard) prior. Writes ``vislens_vae.pt`` (model, prior, references,
+    BrainACTIV direction) and returns the training report."""
+    from omegaconf import OmegaConf
+
+    from stimopt.experiment import build, seed_everything
+
+    m = cfg.model
+    out_dir = Path(out_dir)
+    seed = int(cfg.get("seed", 0))
+    seed_everything(seed)
+    device = resolve_device(cfg.get("device", "auto"))
+    kind = str(m.kind)
+    if kind not in ("clip", "image"):
+        raise StimoptError(f"model.kind must be clip (CLIP-space linear VAE) or image (conv VAE on pixels), got '{kind}'")
+    source = m.get("images") or (cfg.get("data") or {}).get("images") or "natural"
+    n = int(m.n_images)
+    size = int(m.image_size) if kind == "clip" else max(int(m.image_size), int(m.get("target_size", 128)))
+    images, cache_dir = load_images(str(source), n, size, seed)
+    target = build("target", m.target, device=str(cfg.get("device", "auto")))
+    r = target_responses(target, images, output=m.get("output"))
+    if not np.isfinite(r).all():
+        raise StimoptError(f"the target returned NaN/inf for {int((~np.isfinite(r)).sum())} images; check the target config")
+    if kind == "clip":
+        from stimopt_plugins.vislens.clip import ClipEmbedder, cached_embeddings
+
+        emb = ClipEmbedder(str(m.clip.model), str(m.clip.pretrained), device=device, batch_size=int(m.clip.batch_size))
+        x = cached_embeddings(emb, images, cache_dir or out_dir, f"{source}".replace("/", "_")[-40:])
+        model = LinearVAE(x.shape[1], int(m.latent_dim))
+    else:
+        x = F.interpolate(images, size=(int(m.image_size),) * 2, mode="bilinear", antialias=True, align_corners=False)
+        model = ConvVAE(int(m.image_size), int(m.latent_dim))
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, int(round(float(m.val_fraction) * len(x))))
+    val, train = perm[:n_val], perm[n_val:]
+    spec = PriorSpec(prior=str(m.prior), latent_dim=int(m.latent_dim), mu=float(m.mu), lam=float(m.lam), eps=float(m.eps),
+                     sigma_min=float(m.sigma_min), sigma_max=float(m.sigma_max), prior_dims=m.get("prior_dims"), center=str(m.center))
+    spec.fit_normalization(r[train.numpy()])
+    history = train_vae(
+        model, x[train], r[train.numpy()], spec, epochs=int(m.epochs), batch_size=int(m.batch_size), lr=float(m.lr),
+        step_size=int(m.step_size), gamma=float(m.gamma), grad_clip=float(m.grad_clip), w_recon=float(m.w_recon),
+        w_kld=float(m.w_kld), seed=seed, device=device,
+    )
+    model.cpu()
+    report = {
+        "kind": kind, "prior": spec.prior, "latent_dim": spec.latent_dim, "n_train": int(len(train)), "n_val": int(n_val),
+        "images": str(source), "target": target.describe(),
+        "loss_first_epoch": history[0]["loss"], "loss_last_epoch": history[-1]["loss"],
+        "train": landscape_report(model, x[train], r[train.numpy()], spec),
+        "val": landscape_report(model, x[val], r[val.numpy()], spec),
+    }
+    n_ref = min(int(m.n_references), n_val)
+    ref = val[:n_ref]
+    ref_size = min(size, int(m.get("reference_size", 256)))
+    ref_images = F.interpolate(images[ref], size=(ref_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
+    references = {"images": (ref_images.clamp(0, 1) * 255).round().to(torch.uint8), "codes": encode_means(model, x[ref]),
+                  "responses": torch.from_numpy(r[ref.numpy()]).float(), "embeddings": x[ref] if kind == "clip" else None}
+    brainactiv = None
+    if kind == "clip":
+        brainactiv = ridge_direction(x[train], r[train.numpy()], float(m.ridge_alpha))
+        report["brainactiv_r2_train"] = brainactiv["r2_train"]
+        report["clip"] = f"{m.clip.model}/{m.clip.pretrained}"
+    path = out_dir / CHECKPOINT_NAME
+    save_landscape(path, model, spec, references=references, brainactiv=brainactiv, history=history,
+                   config=OmegaConf.to_container(m, resolve=True), report=report)
+    report["checkpoint"] = str(path)
+    v = report["val"]
+    report["summary"] = (f"vislens_vae ({kind}, {spec.prior} prior): val recon R^2 {v['recon_r2']:.3f}, "
+                         f"separation AUC {v['separation_auc']:.3f}, probe AUC {v['probe_auc']:.3f}")
+    target.close()
+    return report
