@@ -251,3 +251,9 @@ def test_a_lab_that_never_answers_ends_the_run_cleanly_and_says_so(tmp_path):
     assert all(0.5 <= e["total_s"] < 5 for e in log)  # the timeout fired as documented, no longer
     summary = json.loads((run / "summary.json").read_text())
     assert summary["best_response"] is None and summary["n_missing"] == 8
+
+
+def test_a_named_pipe_where_a_log_goes_is_refused_in_one_line(tmp_path):
+    os.mkfifo(tmp_path / "log.jsonl")
+    with pytest.raises(StimoptError, match="log.jsonl is a named pipe"):
+        RigTarget(tmp_path, timeout_s=0.2)

@@ -78,7 +78,7 @@ class RigFolder:
                 self.resolve(rel)
                 want_dir = not rel.endswith(".jsonl")
                 st = os.stat(path) if path.exists() else None
-                if st is not None and want_dir != stat.S_ISDIR(st.st_mode):
+                if st is not None and not (stat.S_ISDIR if want_dir else stat.S_ISREG)(st.st_mode):
                     raise UnsafePath(f"{self.root.name}/{rel} is {kind_of(st.st_mode)}; stimopt needs "
                                      f"{'a folder' if want_dir else 'a regular file'} there: move it away")
         for rel in ("outbox", "inbox"):

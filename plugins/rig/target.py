@@ -124,7 +124,11 @@ class RigTarget(stimopt.Target):
         g = self.generation
         pixels = images_to_uint8(images)
         rid = request_id(pixels)
-        wrote = self._publish(g, pixels, rid)
+        try:
+            wrote = self._publish(g, pixels, rid)
+        except OSError as exc:  # a full disk, a read-only share: nothing was shown for this generation
+            raise StimoptError(f"cannot publish generation {g} in {self.outbox}: {exc.strerror or exc}; "
+                               "fix that and resume the run (resume=RUN_DIR)") from None
         name = f"{gen_name(g)}.jsonl"
         reader = InboxReader(self.inbox / name, g, rid, len(pixels), self.n_channels, self.repeats,
                              opener=self.folder.open_regular)
