@@ -46,7 +46,7 @@ def bench_prefilled(size, fmt, repeats, channels, level=0, n=40, generations=15)
         target.evaluate(images)
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-        assert not target.last["timed_out"] and target.last["missing"] == 0
+        assert not target.last["timed_out"] and target.last["missing"] == 0 and target.last["malformed"] == 0
     shutil.rmtree(rig)
     return float(np.median(times[2:])), float(np.median(cpu[2:]))  # the first generations pay one-time imports
 

@@ -257,3 +257,22 @@ def test_a_named_pipe_where_a_log_goes_is_refused_in_one_line(tmp_path):
     os.mkfifo(tmp_path / "log.jsonl")
     with pytest.raises(StimoptError, match="log.jsonl is a named pipe"):
         RigTarget(tmp_path, timeout_s=0.2)
+
+
+def test_a_big_file_is_read_in_bounded_polls_and_a_rewritten_file_is_reported(tmp_path, monkeypatch):
+    from stimopt_plugins.rig import inbox
+
+    monkeypatch.setattr(inbox, "MAX_POLL_BYTES", 100)
+    path = tmp_path / "gen_000000.jsonl"
+    path.write_text("".join(trial(i % 3, i // 3) + "\n" for i in range(9)))
+    reader = inbox.InboxReader(path, 0, "r" * 16, 3, 1, repeats=3)
+    reader.poll(final=True)  # not at the end of the file: the last piece read is no truncated line
+    assert reader.stats["truncated"] == 0 and 0 < reader.offset <= 100
+    polls = 1
+    while not reader.complete():
+        reader.poll()
+        polls += 1
+    assert reader.stats["trials"] == 9 and polls >= 5 and not reader.rejected
+    path.write_text(trial(0) + "\n")  # rewritten shorter by the lab
+    reader.poll()
+    assert "shrank" in reader.problem and reader.stats["trials"] == 9

@@ -285,7 +285,7 @@ line = st.one_of(trial_like.map(json.dumps), json_values.map(json.dumps), st.tex
                  st.binary(max_size=40).map(lambda b: b.decode("latin-1")))
 
 
-@hypothesis.settings(max_examples=150, deadline=None, database=None,
+@hypothesis.settings(max_examples=150, deadline=None, database=None, derandomize=True,
                      suppress_health_check=list(hypothesis.HealthCheck))
 @hypothesis.given(lines=st.lists(line, max_size=12), cut=st.integers(0, 10**6), final_newline=st.booleans())
 def test_hypothesis_inbox_lines(lines, cut, final_newline):

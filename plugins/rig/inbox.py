@@ -150,7 +150,7 @@ class InboxReader:
         if not isinstance(rid, str):
             raise Rejected("malformed", f"request_id is not a string ({_show(rid)})")
         if generation != self.generation or rid != self.rid:
-            raise Rejected("other_generation", f"generation {generation}, request {rid}")
+            raise Rejected("other_generation", f"generation {generation}, request {_show(rid)}")
         if "done" in rec:
             if rec["done"] is True:
                 return None
