@@ -92,18 +92,22 @@ def check_choices(config_name: str, args: list[str]) -> None:
             chosen.pop(group, None)
             continue
         chosen[group] = [(name, True) for name in _choices(override)]
-    for group, names in chosen.items():
+    restricted = os.environ.get("STIMOPT_LOAD_PLUGINS")
+    # what the user typed first, then the defaults it left in place
+    picks = sorted(((g, n, given) for g, names in chosen.items() for n, given in names), key=lambda p: not p[2])
+    for group, name, given in picks:
         have = plugins.group_options(group)
-        for name, given in names:
-            if name in have or name == "null":
-                continue
-            failed = plugins.failed_plugins()
-            hint = f"; plugins that failed to load: {', '.join(sorted(failed))} (see stimopt-plugins)" if failed else ""
-            listed = f"available {group} options: {', '.join(have) or '(none)'}"
-            if given:
-                raise StimoptError(f"unknown {group} '{name}' ({group}={name}); {listed}{hint}")
-            raise StimoptError(f"the default {group} '{name}' is not available (its plugin is not loaded); {listed}; "
-                               f"pick one with {group}=NAME{hint}")
+        if name in have or name == "null":
+            continue
+        failed = plugins.failed_plugins()
+        hint = f"; plugins that failed to load: {', '.join(sorted(failed))} (see stimopt-plugins)" if failed else ""
+        if restricted is not None:
+            hint += f"; STIMOPT_LOAD_PLUGINS={restricted} loads only these plugins"
+        listed = f"available {group} options: {', '.join(have) or '(none)'}"
+        if given:
+            raise StimoptError(f"unknown {group} '{name}' ({group}={name}); {listed}{hint}")
+        raise StimoptError(f"the default {group} '{name}' is not available (its plugin is not loaded); {listed}; "
+                           f"pick one with {group}=NAME{hint}")
 
 
 def run_app(program: str, config_name: str, task) -> None:
