@@ -36,16 +36,21 @@ class _TorchGenerator(stimopt.Generator):
 
 
 class PixelGenerator(_TorchGenerator):
-    """Codes are RGB pixels in [0, 1] at ``resolution`` x ``resolution``, upsampled to ``size``."""
+    """Codes are RGB pixels at ``resolution`` x ``resolution``, upsampled to ``size``.
 
-    def __init__(self, size: int = 128, resolution: int = 32, device: str = "auto"):
+    XDream's raw-pixel semantics by default (``bounded=False``): codes are unbounded, start as
+    N(0, 1) white noise, and only the *image* is clipped to [0, 1], so a gene pushed past the
+    range keeps its value (and its bright or dark pixel) until mutations bring it back.
+    ``bounded=True``: codes live in the box [0, 1] (optimizers clip them), start N(0.5, 0.2).
+    """
+
+    def __init__(self, size: int = 128, resolution: int = 32, bounded: bool = False, device: str = "auto"):
         if resolution <= 0 or size <= 0:
             raise StimoptError("generator.size and generator.resolution must be positive")
-        self.size, self.resolution = int(size), int(resolution)
+        self.size, self.resolution, self.bounded = int(size), int(resolution), bool(bounded)
         self.device = resolve_device(device)
-        self._space = stimopt.ContinuousSpace(
-            dim=3 * self.resolution**2, low=0.0, high=1.0, init_mean=0.5, init_std=0.2
-        )
+        box = dict(low=0.0, high=1.0, init_mean=0.5, init_std=0.2) if self.bounded else dict(init_mean=0.0, init_std=1.0)
+        self._space = stimopt.ContinuousSpace(dim=3 * self.resolution**2, **box)
 
     @property
     def space(self):
@@ -56,6 +61,14 @@ class PixelGenerator(_TorchGenerator):
         if self.resolution != self.size:
             img = F.interpolate(img, size=(self.size, self.size), mode="bilinear", align_corners=False)
         return img.clamp(0, 1)
+
+    def codes_from_images(self, images) -> torch.Tensor:
+        """The codes of ``images`` ([B,3,H,W] in [0,1]): the images themselves at ``resolution``."""
+        img = torch.as_tensor(images, dtype=torch.float32).to(self.device).clamp(0, 1)
+        if img.shape[-1] != self.resolution or img.shape[-2] != self.resolution:
+            img = F.interpolate(img, size=(self.resolution, self.resolution), mode="bilinear", antialias=True,
+                                align_corners=False)
+        return img.reshape(len(img), -1)
 
 
 def cosine_basis(size: int, n: int) -> torch.Tensor:
