@@ -83,6 +83,8 @@ def snapshot(run_dir: str | Path, k: int = 8, worst: bool = True) -> dict:
                     "SELECT generation, n, n_missing, best_response, mean_response, n_evaluations, wall_s"
                     " FROM generations ORDER BY generation",
                 )
+                per_gen = dict((g, (sc, r)) for g, sc, r in db.execute(  # SQLite: r is the row of MAX(score)
+                    "SELECT generation, MAX(score), response FROM evaluations WHERE score IS NOT NULL GROUP BY generation"))
                 best = _extremes(db, k, True)
                 bottom = _extremes(db, k, False) if worst else []
                 first_best = None
@@ -92,15 +94,15 @@ def snapshot(run_dir: str | Path, k: int = 8, worst: bool = True) -> dict:
                         " WHERE score IS NOT NULL AND score >= ?)", (best[0]["score"],)
                     ).fetchone()[0]
             except sqlite3.OperationalError:
-                gens, best, bottom, first_best = [], [], [], None
+                gens, per_gen, best, bottom, first_best = [], {}, [], [], None
         finally:
             db.execute("COMMIT")
     direction = (meta.get("config") or {}).get("direction", "max")
-    pick = max if direction == "max" else min
-    so_far = None
-    for g in gens:
-        if g["best_response"] is not None:
-            so_far = g["best_response"] if so_far is None else pick(so_far, g["best_response"])
+    top_score, so_far = None, None
+    for g in gens:  # best so far: the response of the best score yet (the objective's order, never re-derived)
+        score, response = per_gen.get(g["generation"], (None, None))
+        if score is not None and (top_score is None or score > top_score):
+            top_score, so_far = score, response
         g["best_so_far"] = so_far
     return {
         "meta": meta,

@@ -88,8 +88,10 @@ def screenshot(driver, name: str) -> None:
     folder = os.environ.get("STIMOPT_SCREENSHOTS")
     if not folder:
         return
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1200, min(max(int(height) + 40, 600), 6000))
+    for _ in range(3):  # the window grows to the page's height (a full-page picture), then settles
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1200, min(max(int(height) + 140, 600), 6000))
+        time.sleep(0.5)
     Path(folder).mkdir(parents=True, exist_ok=True)
     driver.save_screenshot(str(Path(folder) / f"{name}.png"))
     driver.set_window_size(1200, 900)
