@@ -27,6 +27,26 @@ class ConsoleProgress(Observer):
             self.bar.close()
 
 
+def offline_means_offline(mode: str = "offline") -> None:
+    """Make W&B's offline mode open no connection and resolve no host name.
+
+    ``wandb.init(mode="offline")`` alone is not enough: wandb's process-wide settings (which its
+    telemetry reads, not ``init``'s arguments) still say online, and its OpenTelemetry proxy probes
+    the API host (a DNS lookup of api.*, then a POST) on a thread. The environment variables make
+    the process-wide settings offline too; error reporting (Sentry) goes off; and wandb's analytics
+    switch turns the telemetry off for the process in case its settings were read earlier.
+    """
+    os.environ["WANDB_MODE"] = mode
+    os.environ["WANDB_ERROR_REPORTING"] = "false"
+    os.environ.setdefault("WANDB_DISABLE_GIT", "true")  # git metadata: local, but nothing a run needs
+    try:
+        from wandb.analytics.opentelemetry import opentelemetry_proxy
+
+        opentelemetry_proxy.disable()
+    except (ImportError, AttributeError):  # older/newer wandb without this module: the env vars suffice
+        pass
+
+
 class WandbLogger(Observer):
     """Logs config, per-generation best/mean/best-so-far and, at the end, the best stimuli.
 
@@ -41,12 +61,14 @@ class WandbLogger(Observer):
         if mode not in ("offline", "online", "disabled"):
             raise StimoptError(f"logger.mode must be offline, online or disabled, got '{mode}'")
         os.environ.setdefault("WANDB_SILENT", "true")
+        if mode != "online":
+            offline_means_offline(mode)
         self.wandb = wandb
         self.log_images = log_images
         self.wrun = wandb.init(
             project=project, entity=entity, mode=mode, dir=str(run_dir),
             config=OmegaConf.to_container(cfg, resolve=True), reinit="finish_previous",
-            settings=wandb.Settings(console="off", x_disable_stats=True),
+            settings=wandb.Settings(console="off", x_disable_stats=True, **({} if mode == "online" else {"mode": mode})),
         )
 
     def on_generation(self, run, record):

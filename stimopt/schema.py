@@ -189,3 +189,54 @@ def validate(cfg) -> None:
         _check_device(cfg.get("device"))
     _check_objective(cfg.get("objective"))
     _check_component_sizes(cfg)
+
+
+def check_output_dir(path, key: str) -> None:
+    """The run (or sweep) directory can hold a run: a folder (new or existing) that this process can write in."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(str(path))
+    if folder.exists() and not folder.is_dir():
+        raise StimoptError(f"{key}={folder} is a file, not a folder; give a new folder for the run ({key}=PATH)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".stimopt-write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise StimoptError(f"{key}={folder} cannot be written ({exc.strerror or exc}); give a folder you can write in "
+                           f"({key}=PATH) or fix its permissions") from None
+
+
+try:
+    from hydra.experimental.callback import Callback as _Callback
+except ImportError:  # pragma: no cover - Hydra is a dependency; only a bare `import stimopt.schema` sees this
+    _Callback = object
+
+
+class OutputDirCheck(_Callback):
+    """Hydra callback: refuse an unusable ``hydra.run.dir`` / ``hydra.sweep.dir`` in one line, before Hydra
+    creates it (Hydra itself would raise a traceback from ``mkdir``) and before anything is built."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        self._check(config.hydra.run.dir, self._key(config, config.hydra.run.dir, "hydra.run.dir"))
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self._check(config.hydra.sweep.dir, self._key(config, config.hydra.sweep.dir, "hydra.sweep.dir"))
+
+    @staticmethod
+    def _key(config, path, key: str) -> str:
+        return "out" if config.get("out") is not None and str(config.get("out")) == str(path) else key  # stimopt-fit's out=
+
+    @staticmethod
+    def _check(path, key: str) -> None:
+        import sys
+        from pathlib import Path
+
+        try:
+            check_output_dir(path, key)
+        except StimoptError as exc:  # Hydra turns exceptions from callbacks into warnings: exit here
+            print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
+            sys.exit(2)
