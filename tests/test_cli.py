@@ -42,7 +42,8 @@ BAD_INPUTS = [
     (["target.model=not_a_model"], "unknown model 'not_a_model'"),
     (["target.model=resnet50", "target.weights=pretrained"], "download https://download.pytorch.org/models/resnet50"),
     (["+target.colour=red"], "does not take option(s) colour"),
-    (["optimizer.name=NoSuchOpt"], "unknown nevergrad optimizer 'NoSuchOpt'"),
+    (["optimizer=nevergrad", "optimizer.name=NoSuchOpt"], "unknown nevergrad optimizer 'NoSuchOpt'"),
+    (["optimizer._target_=subprocess.Popen"], "optimizer._target_ must name a stimopt.Optimizer subclass"),
     (["direction=up"], "direction must be 'max' or 'min'"),
 ]
 
@@ -66,10 +67,55 @@ def test_cli_prints_bad_input_as_one_line_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_unknown_group_option_lists_the_available_ones(tmp_path):
-    proc = run_cli([*FAST, "optimizer=nope"], tmp_path, check=False)
-    assert proc.returncode != 0
-    assert "Could not find 'optimizer/nope'" in proc.stderr and "random" in proc.stderr and "cmaes" in proc.stderr
+def _one_error_line(proc) -> str:
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "warning:" not in line]
+    assert len(lines) == 1 and lines[0].startswith("stimopt: error: "), proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["optimizer=nope"], "unknown optimizer 'nope' (optimizer=nope); available optimizer options: "),
+    (["-m", "optimizer=ga,nope"], "unknown optimizer 'nope'"),
+    (["target=nope"], "unknown target 'nope' (target=nope); available target options: "),
+])
+def test_unknown_group_option_is_one_line_listing_the_options(tmp_path, args, message):
+    line = _one_error_line(run_cli([*FAST, *args], tmp_path, check=False))
+    assert message in line
+    group = args[-1].split("=")[0]
+    from stimopt import plugins
+
+    assert line.endswith(", ".join(plugins.group_options(group)))
+
+
+def test_a_plugin_left_out_by_stimopt_load_plugins_is_one_line(tmp_path):
+    env = cli_env(STIMOPT_LOAD_PLUGINS="core,cnn")
+    line = _one_error_line(run_cli(["optimizer=cmaes"], tmp_path, check=False, env=env))
+    assert "unknown optimizer 'cmaes'" in line and "available optimizer options: (none)" in line
+    assert "STIMOPT_LOAD_PLUGINS=core,cnn loads only these plugins" in line
+    env = cli_env(STIMOPT_LOAD_PLUGINS="core,cnn,image_codes,random_search")
+    line = _one_error_line(run_cli(["optimizer=cmaes"], tmp_path, check=False, env=env))
+    assert "available optimizer options: random;" in line
+    line = _one_error_line(run_cli([], tmp_path, check=False, env=env))  # the default optimizer is not loaded
+    assert "the default optimizer 'cmaes' is not available" in line and "pick one with optimizer=NAME" in line
+    line = _one_error_line(run_cli([], tmp_path, check=False, env=cli_env(STIMOPT_LOAD_PLUGINS="nosuch,core")))
+    assert "STIMOPT_LOAD_PLUGINS names unknown plugin(s) nosuch; installed plugins: " in line and "cnn" in line
+
+
+def test_help_introduces_stimopt_and_lists_only_its_groups(tmp_path):
+    text = run_cli(["--help"], tmp_path).stdout
+    assert text.startswith("stimopt: find the images a visual neuron prefers") and "Hydra" not in text.split("\n")[0]
+    assert "powered by Hydra" not in text
+    assert _listed_groups(text) == {"target", "generator", "optimizer", "objective", "noise", "logger", "experiment"}
+    assert "cmaes" in text and "edge_neuron" in text and "gabor" in text  # options of every installed plugin
+    fit = run_cli(["--help"], tmp_path, program="stimopt-fit").stdout
+    assert fit.startswith("stimopt-fit: fit a model") and "powered by Hydra" not in fit
+    assert _listed_groups(fit) == {"model"} and "v4_ensemble" in fit
+
+
+def _listed_groups(text: str) -> set[str]:
+    block = text.split("Config group")[1].split("\n\n")[0].splitlines()[1:]
+    return {line.split(":")[0].strip() for line in block}
 
 
 def test_sweep_writes_one_table_and_one_plot(tmp_path):
