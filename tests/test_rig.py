@@ -209,5 +209,5 @@ def test_simulated_crash_mid_line_is_a_truncated_file(tmp_path):
 
 def test_experiment_preset_records_missing_trials_and_goes_on(compose):
     cfg = compose(["experiment=rig", "target.rig_dir=somewhere"])
-    assert cfg.target.name == "rig" and cfg.on_bad_response == "skip"
+    assert cfg.target._target_ == "stimopt_plugins.rig.RigTarget" and cfg.on_bad_response == "skip"
     assert compose(["target=rig"]).on_bad_response == "stop"  # plain target=rig keeps the global default

@@ -61,14 +61,21 @@ class LabSim:
         self.presented: set[tuple[int, str]] = set()
         if self.log_path.exists():
             for line in self.log_path.read_text().splitlines():
-                rec = json.loads(line)
-                self.presented.add((rec["generation"], rec["request_id"]))
+                try:  # a line cut by a kill of the simulator: that generation was not fully presented
+                    rec = json.loads(line)
+                    self.presented.add((rec["generation"], rec["request_id"]))
+                except (ValueError, KeyError, TypeError):
+                    continue
 
     def pending(self) -> list[tuple[Path, dict]]:
         out = []
         for manifest in sorted(self.dir.glob("outbox/gen_*/manifest.json")):
-            m = json.loads(manifest.read_text())
-            if (m["generation"], m["request_id"]) not in self.presented:
+            try:
+                m = json.loads(manifest.read_text())
+                key = (m["generation"], m["request_id"])
+            except (OSError, ValueError, KeyError, TypeError):  # not a manifest stimopt published
+                continue
+            if key not in self.presented:
                 out.append((manifest.parent, m))
         return out
 
