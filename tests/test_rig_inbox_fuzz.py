@@ -231,7 +231,7 @@ def check(reader: InboxReader, lab: Lab, data: bytes) -> tuple[int, int]:
     used, kinds, means = reference(data, lab.g, lab.rid, lab.n, lab.c, lab.repeats)
     assert reader.used == used
     assert got_kinds == kinds
-    mean, cnt = reader.responses()
+    mean, _ = reader.responses()
     assert np.array_equal(mean, means, equal_nan=True)  # the same sums in the same order: exactly equal
     assert sum(reader.stats.values()) == len(reader.used) + len(reader.rejected)
     return len(nonblank), len(used)

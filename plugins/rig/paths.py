@@ -52,7 +52,11 @@ class RigFolder:
             return str(path)
 
     def inside(self, path: Path) -> bool:
-        return Path(path).resolve() == self.root or self.root in Path(path).resolve().parents
+        try:
+            real = Path(path).resolve()
+        except (OSError, RuntimeError):  # a symlink loop
+            return False
+        return real == self.root or self.root in real.parents
 
     def resolve(self, rel: str) -> Path:
         """The resolved path of ``rel``; ``UnsafePath`` when it (or a symlink on the way) leaves the folder."""
@@ -82,7 +86,11 @@ class RigFolder:
                     raise UnsafePath(f"{self.root.name}/{rel} is {kind_of(st.st_mode)}; stimopt needs "
                                      f"{'a folder' if want_dir else 'a regular file'} there: move it away")
         for rel in ("outbox", "inbox"):
-            self.resolve(rel).mkdir(exist_ok=True)
+            try:
+                self.resolve(rel).mkdir(exist_ok=True)
+            except OSError as exc:
+                raise StimoptError(f"cannot create {self.root / rel} ({exc.strerror}): check the rig folder's "
+                                   "permissions") from None
 
     def mkdir(self, rel: str) -> Path:
         real = self.resolve(rel)

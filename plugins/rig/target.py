@@ -16,7 +16,7 @@ from stimopt.errors import StimoptError
 
 from .images import images_to_uint8, request_id, write_images
 from .inbox import InboxReader
-from .paths import RigFolder, UnsafePath
+from .paths import RigFolder
 
 PROTOCOL = "stimopt-rig/1"
 log = logging.getLogger("stimopt.rig")
