@@ -123,16 +123,51 @@ def test_calibration_is_cached(monkeypatch, tmp_path):
 
 
 def test_bad_input():
-    with pytest.raises(StimoptError, match="poisson, gaussian"):
+    with pytest.raises(StimoptError, match=r"noise must be none, poisson or gaussian \(noise=NAME\), got .laplace."):
         noise.NoisyTarget(MeanTarget(), "laplace")
     with pytest.raises(StimoptError, match="repeats"):
         noise.NoisyTarget(MeanTarget(), "gaussian", repeats=0)
-    with pytest.raises(StimoptError, match="repeats"):
-        noise.wrap(MeanTarget(), {"noise": None, "repeats": 3})
+    with pytest.raises(StimoptError, match=r"noise.repeats > 1 .* pick noise=poisson or noise=gaussian"):
+        noise.wrap(MeanTarget(), {"kind": None, "repeats": 3})
+    with pytest.raises(StimoptError, match=r"noise does not take option\(s\) spikes; it takes: kind, expected_max_spikes"):
+        noise.wrap(MeanTarget(), {"kind": "poisson", "spikes": 3})
     with pytest.raises(StimoptError, match="positive response"):
         noise.NoisyTarget(MeanTarget(offset=100.0), "poisson", noise_calibration=50)
     t = MeanTarget()
-    assert noise.wrap(t, {"noise": None, "expected_max_spikes": 20, "repeats": 1}) is t
+    assert noise.wrap(t, {"kind": None, "repeats": 1}) is t and noise.wrap(t, None) is t
+
+
+def test_wrap_maps_the_group_options():
+    from omegaconf import OmegaConf
+
+    nt = noise.wrap(MeanTarget(), OmegaConf.create({"kind": "gaussian", "sd": 0.3, "repeats": 2}), seed=4)
+    assert isinstance(nt, noise.NoisyTarget) and (nt.noise, nt.noise_sd, nt.repeats) == ("gaussian", 0.3, 2)
+    nt = noise.wrap(MeanTarget(), {"kind": "poisson", "expected_max_spikes": 5, "calibration_images": 50})
+    assert nt.n_calibration == 50 and nt.expected_max_spikes == 5 and nt.scale == pytest.approx(5 / nt.good_response)
+
+
+@pytest.mark.parametrize("option,kind", [("none", None), ("poisson", "poisson"), ("gaussian", "gaussian")])
+def test_noise_is_its_own_group(option, kind, compose):
+    cfg = compose([f"noise={option}"])
+    assert cfg.noise.kind == kind and "noise" not in cfg.target and "repeats" not in cfg.target
+    if kind == "poisson":
+        assert compose(["noise=poisson", "noise.expected_max_spikes=5"]).noise.expected_max_spikes == 5
+
+
+def test_noise_group_wraps_any_target(compose, tmp_path):
+    """A third party's target (not cnn_unit) gets Poisson noise from the noise group."""
+    from stimopt.experiment import build_run
+
+    cfg = compose(["target=edge_neuron", "logger=none", "generator.size=32", "budget=40", "noise=poisson",
+                   "noise.expected_max_spikes=20", "noise.calibration_images=60", "noise.repeats=2"])
+    run = build_run(cfg, tmp_path / "run")
+    try:
+        assert isinstance(run.target, noise.NoisyTarget) and run.target.repeats == 2
+        assert run.target.describe().startswith("edge_neuron(45.0 deg) + poisson(20 spikes")
+        run.step()
+        assert run.store.n_evaluations() == 20
+    finally:
+        run.store.close()
 
 
 def test_relative_activation_metrics():
