@@ -13,7 +13,8 @@ What counts (protocol ``stimopt-rig/1``, docs/neural_targets.md):
   one channel). ``request_id``, when present, is the manifest's. Other keys are ignored.
 - A count must be finite, ``>= 0`` and ``<= MAX_COUNT`` (1e6): a ``NaN``/``Infinity``, a negative
   count or an absurd one makes the line ``invalid``: logged, never used, and it does not take the
-  slot of its ``(index, repeat)``, so a good repeat of the same image still counts.
+  slot of its ``(index, repeat)``, so a good repeat of the same image still counts. Refused, not
+  clipped: a clipped count would be a response nobody recorded.
 - Each line is parsed on its own: a value split over two lines is two ``malformed`` lines, two
   objects on one line are one ``malformed`` line, a line nested too deeply or longer than
   ``MAX_LINE_BYTES`` (1 MiB) is ``malformed``. No line can shift, hide or change another.
@@ -23,7 +24,7 @@ What counts (protocol ``stimopt-rig/1``, docs/neural_targets.md):
   ``"done": true`` ends the generation; lines after it are ``after_done``. Blank lines are skipped.
 - At the timeout an unterminated last line is parsed once more; not valid: ``truncated``.
 
-Every non-blank line ends up exactly once either used or in ``rejected`` (line number, byte
+Every non-blank line ends up exactly once: used, a done line, or in ``rejected`` (line number, byte
 offset, kind, reason, the first 200 characters), counted per kind in ``stats``. The file is only
 read: opened without blocking (a named pipe or a folder at its path is reported in ``problem``
 and read as "no answer yet"), at most ``MAX_POLL_BYTES`` per poll, and no exception escapes.
