@@ -120,6 +120,9 @@ def run_app(program: str, config_name: str, task) -> None:
     for name, error in plugins.failed_plugins().items():
         print(f"{program}: warning: plugin '{name}' failed to load ({error}); the others work", file=sys.stderr)
     try:
+        from stimopt.schema import check_override_syntax
+
+        check_override_syntax(sys.argv[1:])  # Hydra's parse errors as one line (stimopt.schema)
         check_choices(config_name, sys.argv[1:])
     except StimoptError as exc:
         print(f"{program}: error: {exc}", file=sys.stderr)

@@ -180,8 +180,22 @@ def _check_component_sizes(cfg) -> None:
                 whole_number(f"{group}.{key}", node.get(key), 1, example=128)
 
 
+def check_resolves(cfg) -> None:
+    """Every ``${...}`` interpolation of the config resolves (a typo is one line naming its key)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "?"
+        why = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise StimoptError(f"{key}: {why}; fix the ${{...}} interpolation in that key (or its override)") from None
+
+
 def validate(cfg) -> None:
     """Check the composed experiment config's types and ranges; raise one-line StimoptErrors."""
+    check_resolves(cfg)
     _check_node("", ExperimentSchema, cfg)
     if "resume" in cfg:
         _check_resume(cfg.get("resume"))
@@ -240,3 +254,31 @@ class OutputDirCheck(_Callback):
         except StimoptError as exc:  # Hydra turns exceptions from callbacks into warnings: exit here
             print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
             sys.exit(2)
+
+
+# Hydra's own flags that take a value (the value is not an override).
+_FLAGS_WITH_VALUE = {"--cfg", "-c", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--package", "-p",
+                     "--experimental-rerun", "--info", "-i"}
+
+
+def check_override_syntax(args: list[str]) -> None:
+    """Each command-line override parses as Hydra's ``KEY=VALUE`` grammar; one line naming the bad one."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg.startswith("-"):
+            skip = arg in _FLAGS_WITH_VALUE and arg not in ("--info", "-i")
+            continue
+        try:
+            (override,) = parser.parse_overrides([arg])
+        except Exception as exc:  # OverrideParseException, and the odd assertion inside Hydra's parser
+            why = " ".join(line.strip() for line in str(exc).splitlines()[:2] if "hydra.cc" not in line) or type(exc).__name__
+            raise StimoptError(f"cannot read the override '{arg}' ({why}); write KEY=VALUE, e.g. seed=1 or "
+                               "'objective.weights=[1,-1]' (quote values with spaces)") from None
+        if not override.key_or_group:
+            raise StimoptError(f"the override '{arg}' names no key; write KEY=VALUE, e.g. seed=1")

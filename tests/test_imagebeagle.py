@@ -216,16 +216,16 @@ def test_headline_command_direction_min_and_tuning_curve(tiny_bank, tmp_path):
     assert int(rows[-1][1]) == report["best_index"] and float(rows[-1][3]) == pytest.approx(summary["best_response"], rel=1e-3, abs=1e-4)
 
 
-def test_bank_optimizers_bring_the_bank_generator_unless_one_is_named():
-    """`stimopt -m optimizer=ga,cmaes,walk` compares optimizers: the walk's job searches the bank,
-    the others keep the default code; a generator named on the command line still wins."""
+def test_bank_optimizers_leave_the_generator_to_the_user_and_presets_pair_them():
+    """`stimopt -m optimizer=ga,nes,cmaes` compares optimizers on one generator: an optimizer config never
+    swaps the generator; `experiment=imagebeagle|surrogate` picks the bank generator with the optimizer."""
     from stimopt.config import compose
 
-    assert compose(["optimizer=walk"]).generator.name == "imagebeagle"
-    assert compose(["optimizer=surrogate"]).generator.name == "imagebeagle"
-    assert compose(["optimizer=ga"]).generator.name == "fourier"
-    assert compose(["optimizer=walk", "generator.bank=BANK"]).generator.bank == "BANK"
-    assert compose(["optimizer=walk", "generator=fourier"]).generator.name == "fourier"  # then the fit check says why not
+    assert compose(["optimizer=walk"]).generator._target_.endswith("FourierGenerator")  # then the fit check says why not
+    assert compose(["experiment=imagebeagle"]).generator._target_.endswith("ImageBeagleGenerator")
+    assert compose(["experiment=imagebeagle"]).optimizer._target_.endswith(".Walk")
+    assert compose(["experiment=surrogate"]).optimizer._target_.endswith("SurrogateSearch")
+    assert compose(["experiment=imagebeagle", "generator.bank=BANK"]).generator.bank == "BANK"
 
 
 def test_the_seed_picks_the_coreset_the_walk_begins_with():

@@ -250,7 +250,7 @@ def test_encode_command(tmp_path):
 # -- end to end: CLI with GA, Poisson noise and the reference --------------------------------------
 def test_cli_ga_poisson_genealogy_and_relative_activation(tmp_path):
     run_dir = tmp_path / "run"
-    args = ["optimizer=ga", "target.noise=poisson", "target.relu=true", "+target.noise_calibration=200",
+    args = ["optimizer=ga", "noise=poisson", "target.relu=true", "noise.calibration_images=200",
             "reference.kind=natural_crops", "reference.n=100", "budget=100", "target.unit=3",
             f"hydra.run.dir={run_dir}", *FAST]
     run_cli(args, cwd=tmp_path, env=cli_env(STIMOPT_CACHE=str(tmp_path / "cache")))
@@ -276,7 +276,7 @@ def test_resume_with_noise_equals_uninterrupted(tmp_path, monkeypatch, name="ga"
     from stimopt.experiment import run_experiment
 
     monkeypatch.setenv("STIMOPT_CACHE", str(tmp_path / "cache"))
-    base = [*FAST, f"optimizer={name}", "target.noise=poisson", "target.relu=true", "+target.noise_calibration=60",
+    base = [*FAST, f"optimizer={name}", "noise=poisson", "target.relu=true", "noise.calibration_images=60",
             "target.unit=3", "seed=4", "device=cpu"]
 
     def responses(run_dir):
