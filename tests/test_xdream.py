@@ -304,3 +304,108 @@ def test_deepsim_config_trio_steps(optimizer, compose, tmp_path):
     summary = summarize(run, cfg, 1.0, "finished")
     assert "RANDOM weights" in summary["generator"] and summary["reference"] is None
     run.store.close()
+
+
+# -- XDream's raw-pixel semantics: unbounded codes, only the image clipped ------------------------------
+class PlantedPixels(stimopt.Target):
+    """Mean of image * pattern: +1 pixels want white, -1 pixels want black (optimum = the pattern's sign)."""
+
+    def __init__(self, pattern):
+        self.pattern = torch.as_tensor(pattern, dtype=torch.float32)
+
+    def evaluate(self, images):
+        return (images * self.pattern).mean(dim=(1, 2, 3))
+
+
+def ga_on_planted_pixels(seed, generations=40, resolution=6):
+    from stimopt_plugins.image_codes import PixelGenerator
+
+    gen = PixelGenerator(size=resolution, resolution=resolution, device="cpu")
+    pattern = np.where(np.random.default_rng(7).random((3, resolution, resolution)) < 0.5, -1.0, 1.0)
+    target, ga = PlantedPixels(pattern), xdream.Genetic()
+    ga.setup(gen.space, seed=seed, budget=20 * generations, batch_size=20)
+    asked, best = [], []
+    for _ in range(generations):
+        codes = ga.ask(20)
+        with torch.inference_mode():
+            images = gen.generate(codes)
+            scores = target.evaluate(images).numpy()
+        assert float(images.min()) >= 0 and float(images.max()) <= 1  # the image is clipped ...
+        ga.tell(codes, scores)
+        asked.append(codes)
+        best.append(scores.max())
+    return np.concatenate(asked), np.array(best), float((np.clip(pattern, 0, 1) * pattern).mean())
+
+
+def test_pixels_follow_xdream_raw_pixel_semantics():
+    from stimopt_plugins.image_codes import PixelGenerator
+
+    gen = PixelGenerator(size=4, resolution=2, device="cpu")
+    s = gen.space
+    assert (s.low, s.high, s.init_mean, s.init_std) == (None, None, 0.0, 1.0)  # XDream: unbounded, N(0, 1)
+    codes = np.array([[-3.0, 0.25, 5.0] * 4], np.float32)
+    with torch.inference_mode():
+        img = gen.generate(codes)
+    assert float(img.min()) == 0.0 and float(img.max()) == 1.0 and torch.isclose(img, torch.tensor(0.25)).any()
+    boxed = PixelGenerator(size=4, resolution=2, bounded=True, device="cpu").space
+    assert (boxed.low, boxed.high, boxed.init_mean, boxed.init_std) == (0.0, 1.0, 0.5, 0.2)
+
+
+def test_ga_on_planted_pixels_keeps_codes_unbounded_and_is_deterministic():
+    codes, best, optimum = ga_on_planted_pixels(seed=0)
+    first = codes[:20]
+    assert abs(first.mean()) < 0.1 and abs(first.std() - 1.0) < 0.1  # XDream's N(0, 1) first generation
+    assert codes.min() < -2.5 and codes.max() > 3.5  # ... the codes are not: genes drift past the range
+    assert best[-1] > best[0] + 0.3 * (optimum - best[0])
+    again, _, _ = ga_on_planted_pixels(seed=0)
+    other, _, _ = ga_on_planted_pixels(seed=1)
+    assert np.array_equal(codes, again) and not np.array_equal(codes, other)
+
+
+def test_ga_generation_matches_xdream_update_rule():
+    """Selection exp((s - s_top) / kT) on 95th-percentile-clipped scores, kT = std / selectivity; each gene
+    from one of the two parents, then mutated with probability 0.5 by N(0, 0.5); nothing is clipped."""
+    pop, dim = 400, 64
+    ga = xdream.Genetic(population_size=pop)
+    ga.setup(stimopt.ContinuousSpace(dim=dim), seed=0, budget=10 * pop, batch_size=pop)
+    codes = ga.ask(pop)
+    ids = [i["id"] for i in ga.ask_info()]
+    scores = np.random.default_rng(1).normal(size=pop)
+    ga.tell(codes, scores)
+    kids, info = ga.ask(pop), ga.ask_info()
+    order = np.argsort(-scores)
+    s = np.minimum(scores[order], np.percentile(scores, 95))
+    p = np.exp((s - s[0]) / (scores.std() / 2.0))
+    p /= p.sum()
+    drawn = np.array([ids.index(q) for i in info for q in i["parents"]])
+    want_top = p[: pop // 20].sum()  # the top 5% of the population as parents
+    got_top = np.isin(drawn, order[: pop // 20]).mean()
+    assert abs(got_top - want_top) < 0.05 and ga.kT == pytest.approx(scores.std() / 2.0)
+    p1 = np.array([ids.index(i["parents"][0]) for i in info])
+    p2 = np.array([ids.index(i["parents"][1]) for i in info])
+    unchanged = (kids == codes[p1]) | (kids == codes[p2])  # each gene from one parent, or mutated
+    assert abs(unchanged.mean() - 0.5) < 0.02 and abs((kids == codes[p1]).mean() - 0.5 * 0.5) < 0.02  # heritability 0.5
+    ga.tell(np.zeros_like(codes), scores)  # identical parents: what is left is the mutation alone
+    mutation = ga.ask(pop)
+    assert abs((mutation != 0).mean() - 0.5) < 0.01 and abs(mutation[mutation != 0].std() - 0.5) < 0.01
+    assert np.abs(kids).max() > 3  # unbounded: nothing clipped
+
+
+def test_nes_adapts_its_search_radius_as_xdream():
+    nes = xdream.NES(n_samples=20, search_radius=1.0, learning_rate=0.5, normalize=False,
+                     search_radius_learning_rate=0.2, min_search_radius=0.05)
+    nes.setup(stimopt.ContinuousSpace(dim=16), seed=0, budget=400, batch_size=20)
+    codes = nes.ask(20)
+    eps = np.concatenate([nes.steps, -nes.steps]) / nes.radius  # XDream's standardized steps, pos then neg
+    by_half = np.concatenate([codes[0::2], codes[1::2]])  # our ask interleaves the pairs
+    s = toy_scores(by_half)
+    want_r = max(1.0 + 0.2 * np.mean(s[:, None] * (eps**2 - 1)) / 1.0, 0.05)
+    want_center = nes.center + 0.5 * np.mean(s[:, None] * eps, axis=0) / 1.0
+    nes.tell(codes, toy_scores(codes))
+    assert nes.radius == pytest.approx(want_r) and np.allclose(nes.center, want_center)
+    assert nes.report()["search_radius"] == pytest.approx(want_r)
+    fixed = xdream.NES()
+    fixed.setup(stimopt.ContinuousSpace(dim=16), seed=0, budget=400, batch_size=20)
+    c = fixed.ask(20)
+    fixed.tell(c, toy_scores(c))
+    assert fixed.radius == 1.25  # XDream's default: search_radius_learning_rate 0, the radius stays
