@@ -212,3 +212,19 @@ def layer_features(out: torch.Tensor, token=None, *, prefix_tokens: int | None =
     if not -n_tokens <= token < n_tokens:
         raise StimoptError(f"{key}={token} is out of range: {layer} has {n_tokens} tokens (0..{n_tokens - 1})")
     return out[:, token]
+
+
+def model_input_size(net: torch.nn.Module, input_size: int, name: str) -> int:
+    """``input_size``, or the one input size a model takes when it has a fixed one (a timm ViT's
+    patch embedding), said once on stderr."""
+    import sys
+
+    embed = getattr(net, "patch_embed", None)
+    size = getattr(embed, "img_size", None)
+    if size is None or not getattr(embed, "strict_img_size", False) or tuple(size) == (input_size, input_size):
+        return int(input_size)
+    if size[0] != size[1]:
+        raise StimoptError(f"{name} takes {size[0]}x{size[1]} inputs; only square inputs are supported")
+    print(f"stimopt: note: {name} takes {size[0]}x{size[1]} inputs, so images are resized to {size[0]} "
+          f"(not input_size={input_size})", file=sys.stderr)
+    return int(size[0])

@@ -119,7 +119,7 @@ def test_demo_checkpoint_is_fitted_once_then_reused(tmp_path, monkeypatch):
         assert cfg.data.twin.n_images == 1200 and cfg.model.input_size == 96
     monkeypatch.setitem(neural.DEMO_FITS, "encoder", ["model=encoder", "model.backbone=resnet18", "model.weights=random",
                                                       "model.layer=conv1", "model.pool=2", "device=cpu"])
-    monkeypatch.setattr(neural, "DEMO_DATA", ["model.input_size=16", "data.size=16", "data.twin.n_images=60",
+    monkeypatch.setattr(neural.checkpoints, "DEMO_DATA", ["model.input_size=16", "data.size=16", "data.twin.n_images=60",
                                               "data.twin.n_neurons=2", "seed=0"])
     target = neural.EncoderTarget("demo", roi=1, device="cpu")  # fitted now, in a separate process
     path = tmp_path / "cache" / "fits" / "encoder-demo-v1" / "model.pt"

@@ -17,20 +17,7 @@ import torch.nn.functional as F
 import stimopt
 from stimopt.device import resolve_device
 from stimopt.errors import StimoptError
-from stimopt.models import IMAGENET_MEAN, IMAGENET_STD, LayerReader, load_model
-
-
-def fixed_input_size(net: torch.nn.Module, input_size: int, name: str) -> int:
-    """``input_size``, or the input size a model with a fixed one (a timm ViT) takes, said once."""
-    embed = getattr(net, "patch_embed", None)
-    size = getattr(embed, "img_size", None)
-    if size is None or not getattr(embed, "strict_img_size", False) or tuple(size) == (input_size, input_size):
-        return input_size
-    if size[0] != size[1]:
-        raise StimoptError(f"{name} takes {size[0]}x{size[1]} inputs; only square inputs are supported")
-    print(f"stimopt: note: {name} takes {size[0]}x{size[1]} inputs, so images are resized to {size[0]} "
-          f"(not target.input_size={input_size})", file=sys.stderr)
-    return int(size[0])
+from stimopt.models import IMAGENET_MEAN, IMAGENET_STD, LayerReader, load_model, model_input_size
 
 
 class CNNUnit(stimopt.Target):
@@ -42,6 +29,8 @@ class CNNUnit(stimopt.Target):
     ``token`` (cls | mean | INDEX) reads one token of a transformer layer (required there, unset
     for convolutional maps). ``weights='random'`` is for tests only and the description says so.
     """
+
+    differentiable = True  # responses computed in torch: white-box optimizers fit (stimopt.differentiable)
 
     def __init__(
         self,
@@ -72,7 +61,7 @@ class CNNUnit(stimopt.Target):
         self.reader = LayerReader(self.net, layer, self.model_name, token=token, key="target.token")
         self.token = self.reader.token
         self.layer, self.unit, self.relu = layer, int(unit), bool(relu)
-        self.input_size = fixed_input_size(self.net, int(input_size), self.model_name)
+        self.input_size = model_input_size(self.net, int(input_size), self.model_name)
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         if spatial not in ("center", "mean"):
