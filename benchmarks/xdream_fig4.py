@@ -33,7 +33,7 @@ XDREAM_TARGETS = {  # XDream (DeePSiM-fc6, CaffeNet and others, 10k images): med
 
 
 def make_optimizer(name: str, args):
-    from stimopt_plugins.nevergrad import NevergradOptimizer
+    from stimopt_plugins.cma import CMAES
     from stimopt_plugins.xdream import FDGD, NES, Genetic
 
     if name == "ga":
@@ -43,7 +43,7 @@ def make_optimizer(name: str, args):
     if name == "fdgd":
         return FDGD(n_samples=args.batch, search_radius=args.fdgd_radius, learning_rate=args.fdgd_lr)
     if name == "cmaes":
-        return NevergradOptimizer("ParametrizedCMA", {"popsize": args.batch, "diagonal": True})
+        return CMAES()  # optimizer=cmaes: pycma, diagonal, population = batch
     raise SystemExit(f"unknown optimizer {name}")
 
 
@@ -100,7 +100,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default="efficientnet_lite0")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default="xdream_fig4.json")
+    ap.add_argument("--out", default="benchmarks/results/xdream_fig4.json")
     args = ap.parse_args()
 
     import torch

@@ -1,0 +1,100 @@
+"""optimizer=cmaes (pycma, batch-native) against the nevergrad ParametrizedCMA it replaces.
+
+1. ask/tell cost alone: ms per evaluation at the default's 432 dimensions (12 x 12 Fourier), popsize 20.
+2. The default experiment (``stimopt`` with its defaults: Lite0 blocks.3 centre unit, Fourier code,
+   2,000 evaluations, store fsynced every generation) on several units, once per optimizer:
+   the best response, and the time outside target + generator as a fraction of the loop.
+
+    .venv/bin/python benchmarks/cma_overhead.py --units 0,5,10,17,33 --budget 2000
+
+Writes benchmarks/results/cma_overhead.json (every run, the medians, the machine's load).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+OPTIMIZERS = {  # label -> overrides
+    "pycma": ["optimizer=cmaes"],
+    "nevergrad": ["optimizer=nevergrad", "optimizer.name=ParametrizedCMA",
+                  "++optimizer.options={popsize:20,diagonal:true}"],
+}
+
+
+def ask_tell_ms(make, dim: int = 432, popsize: int = 20, generations: int = 100) -> float:
+    import stimopt
+
+    opt = make()
+    opt.setup(stimopt.ContinuousSpace(dim=dim), seed=0, budget=generations * popsize, batch_size=popsize)
+    rng = np.random.default_rng(0)
+    t = time.perf_counter()
+    for _ in range(generations):
+        codes = opt.ask(popsize)
+        opt.tell(codes, rng.standard_normal(popsize))
+    return (time.perf_counter() - t) / (generations * popsize) * 1e3
+
+
+def default_run(label: str, unit: int, budget: int) -> dict:
+    from stimopt.config import compose
+    from stimopt.experiment import build_run
+
+    overrides = [f"budget={budget}", "logger=none", "device=cpu", f"target.unit={unit}", *OPTIMIZERS[label]]
+    with tempfile.TemporaryDirectory() as d:
+        run = build_run(compose(overrides), Path(d) / "run")
+        p = run.run()
+        outside = p.time_total - p.time_generate - p.time_evaluate
+        run.store.close()
+    return {"optimizer": label, "unit": unit, "best_response": float(p.best_response), "loop_s": p.time_total,
+            "outside_s": outside, "outside_fraction": outside / p.time_total, "overrides": overrides,
+            "optimizer_class": run.optimizer.describe()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--units", default="0,5,10,17,33", help="Lite0 blocks.3 channels (10 is the default's)")
+    ap.add_argument("--budget", type=int, default=2000)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="benchmarks/results/cma_overhead.json")
+    args = ap.parse_args()
+
+    import torch
+
+    from stimopt_plugins.cma import CMAES
+    from stimopt_plugins.nevergrad import NevergradOptimizer
+
+    torch.set_num_threads(args.threads)
+    out = {"script": "benchmarks/cma_overhead.py", "budget": args.budget, "threads": args.threads,
+           "load_avg_at_start": os.getloadavg(), "cpus": os.cpu_count()}
+    out["ask_tell_ms_per_eval"] = {
+        "pycma": ask_tell_ms(CMAES),
+        "nevergrad": ask_tell_ms(lambda: NevergradOptimizer("ParametrizedCMA", {"popsize": 20, "diagonal": True})),
+    }
+    print("ask/tell ms per evaluation (432 dims, popsize 20):", {k: round(v, 3) for k, v in out["ask_tell_ms_per_eval"].items()}, flush=True)
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    runs = out["runs"] = []
+    for unit in [int(u) for u in args.units.split(",")]:
+        for label in OPTIMIZERS:
+            row = default_run(label, unit, args.budget)
+            runs.append(row)
+            print(f"blocks.3[{unit}] {label}: best {row['best_response']:.1f}, outside target+generator "
+                  f"{100 * row['outside_fraction']:.1f}% of {row['loop_s']:.0f} s", flush=True)
+            path.write_text(json.dumps(out, indent=1))
+    out["median"] = {label: {k: float(np.median([r[k] for r in runs if r["optimizer"] == label]))
+                             for k in ("best_response", "outside_fraction", "outside_s", "loop_s")} for label in OPTIMIZERS}
+    out["load_avg_at_end"] = os.getloadavg()
+    path.write_text(json.dumps(out, indent=1))
+    print(json.dumps(out["median"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.exit(main())
