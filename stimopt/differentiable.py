@@ -83,13 +83,17 @@ def check_white_box(optimizer_cls: type, target, generator, names: tuple[str, st
     space_type = getattr(generator, "space_type", object)
     black_box = sorted(n for n, (cls, _) in reg["optimizer"].items()
                        if not getattr(cls, "white_box", False) and issubclass(space_type, getattr(cls, "accepts", ())))
-    if noisy or not getattr(target, "differentiable", False):
-        why = "its noise is sampled" if noisy else "it is not a torch model"
+    if noisy:
+        raise StimoptError(
+            f"optimizer '{opt_name}' follows gradients through the target, and the noise group samples its responses "
+            f"(no gradient); use noise=none, or an optimizer that fits generator '{gen_name}' under noise: {', '.join(black_box) or 'none'}"
+        )
+    if not getattr(target, "differentiable", False):
         good = sorted(n for n, (cls, _) in reg["target"].items() if getattr(cls, "differentiable", False))
         raise StimoptError(
             f"optimizer '{opt_name}' follows gradients through the target, and target '{target_name}' cannot be "
-            f"differentiated ({why}); optimizers that fit it with generator '{gen_name}': {', '.join(black_box) or 'none'}; "
-            f"differentiable targets: {', '.join(good) or 'none'}"
+            f"differentiated (it is not a torch model); optimizers that fit it with generator '{gen_name}': "
+            f"{', '.join(black_box) or 'none'}; differentiable targets: {', '.join(good) or 'none'}"
         )
     if not hasattr(generator, "generate_torch"):
         good = sorted(n for n, (cls, _) in reg["generator"].items() if hasattr(cls, "generate_torch"))

@@ -19,6 +19,8 @@ from stimopt_plugins.random_search import RandomSearch
 class MeanBrightness(stimopt.Target):
     """Mean red minus mean blue: a known, smooth objective."""
 
+    differentiable = True
+
     def evaluate(self, images):
         return images[:, 0].mean(dim=(1, 2)) - images[:, 2].mean(dim=(1, 2))
 
@@ -137,6 +139,47 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path, make_opt):
     resumed.run()
     np.testing.assert_array_equal(resumed.store.responses(), full.store.responses())
     np.testing.assert_array_equal(resumed.store.codes(), full.store.codes())
+
+
+class KilledAfter(MeanBrightness):
+    """Dies (like a killed process) at its ``calls``-th evaluation."""
+
+    def __init__(self, calls):
+        self.left = calls
+
+    def evaluate(self, images):
+        self.left -= 1
+        if self.left < 0:
+            raise KeyboardInterrupt
+        return super().evaluate(images)
+
+
+def test_white_box_run_resumes_from_its_last_committed_gradient_pass(tmp_path):
+    from stimopt_plugins.vislens import LatentGradient
+
+    def opt():
+        return LatentGradient(lr=0.05, kld="none", init="random", steps_per_ask=4)
+
+    full = make_run(tmp_path, optimizer=opt(), budget=300, name="full")
+    full.run()
+    assert [g["n"] for g in full.store.generations()] == [20] * 15  # 3 asks x (4 gradient passes + 1)
+    # at a generation boundary: the resumed run equals the uninterrupted one
+    part = make_run(tmp_path, optimizer=opt(), budget=300, name="part")
+    part.step()
+    part.store.close()
+    resumed = make_run(tmp_path, optimizer=opt(), budget=300, name="part")
+    assert resumed.progress.n_evaluations == 100
+    resumed.run()
+    np.testing.assert_allclose(resumed.store.responses(), full.store.responses(), rtol=1e-5)
+    # killed in the middle of an ask: the committed passes stay counted, the budget still holds
+    killed = make_run(tmp_path, target=KilledAfter(7), optimizer=opt(), budget=300, name="killed")
+    with pytest.raises(KeyboardInterrupt):
+        killed.run()
+    killed.store.close()
+    again = make_run(tmp_path, optimizer=opt(), budget=300, name="killed")
+    assert again.progress.n_evaluations == 140  # one ask (100) + two passes of the second
+    again.run()
+    assert again.store.n_evaluations() == again.progress.n_evaluations == 300
 
 
 def test_same_seed_same_result_other_seed_differs(tmp_path):

@@ -15,13 +15,14 @@ import stimopt
 from stimopt.errors import StimoptError
 from stimopt_plugins.vislens.vae import point_kld
 
-KLDS = ("activation", "standard", "none")
+KLDS = ("auto", "activation", "standard", "none")
 
 
 class LatentGradient(stimopt.Optimizer):
     """Algorithm 3: Adam on codes z with loss = -score(z) + w_kld * KLD(z).
 
-    ``kld``: ``activation`` (N(mu_dir, sigma_prior^2) on the prior dims, mu_dir = mu_pos for max,
+    ``kld``: ``auto`` (the default: ``activation`` on a Vis-Lens latent landscape, else ``none``),
+    ``activation`` (N(mu_dir, sigma_prior^2) on the prior dims, mu_dir = mu_pos for max,
     mu_neg for min; N(0, 1) elsewhere), ``standard`` (N(0, I): the standard-VAE baseline), or
     ``none`` (plain white-box gradient ascent, e.g. generator=fourier). The KLD of a point code
     is the mean term only (see ``point_kld``). Each ask takes up to ``steps_per_ask`` Adam steps
@@ -33,20 +34,22 @@ class LatentGradient(stimopt.Optimizer):
 
     white_box = True
 
-    def __init__(self, lr: float = 0.1, w_kld: float = 1e-3, sigma_prior: float = 0.1, kld: str = "activation",
+    def __init__(self, lr: float = 0.1, w_kld: float = 1e-3, sigma_prior: float = 0.1, kld: str = "auto",
                  steps_per_ask: int = 10, init: str = "references"):
         if kld not in KLDS:
-            raise StimoptError(f"optimizer.kld must be activation, standard or none, got '{kld}'")
+            raise StimoptError(f"optimizer.kld must be auto, activation, standard or none, got '{kld}'")
         if init not in ("references", "random"):
             raise StimoptError(f"optimizer.init must be references or random, got '{init}'")
-        self.lr, self.w_kld, self.sigma_prior, self.kld = float(lr), float(w_kld), float(sigma_prior), kld
+        self.lr, self.w_kld, self.sigma_prior, self.kld_option = float(lr), float(w_kld), float(sigma_prior), kld
         self.steps_per_ask, self.init = int(steps_per_ask), init
         self.objective = None
 
     def setup(self, space, *, seed, budget, batch_size):
         super().setup(space, seed=seed, budget=budget, batch_size=batch_size)
         land = getattr(space, "landscape", None)
-        if self.kld == "activation" and (land is None or land.mu_pos is None):
+        has_prior = land is not None and land.mu_pos is not None
+        self.kld = ("activation" if has_prior else "none") if self.kld_option == "auto" else self.kld_option
+        if self.kld == "activation" and not has_prior:
             raise StimoptError("latent_gradient kld=activation needs a Vis-Lens latent landscape (generator=image_vae); use optimizer.kld=standard or none here")
         self.rng = np.random.default_rng(seed)
         self.z = None
