@@ -29,7 +29,7 @@ import stimopt
 from .backbone import Backbone, backbone_from_config, backbone_from_spec
 from .checkpoints import CHECKPOINT_VERSION, DEMO_DATA, DEMO_FITS, demo_checkpoint, load_checkpoint, read_checkpoint
 from .data import dataset_from_config, r2_score, split_indices
-from .encoder import fit_encoder, pool_features, ridge_cv
+from .encoder import fit_encoder, pool_features
 from .ensemble import EnsembleMember, EnsembleModel, ResidualLayer, fit_v4_ensemble, train_member
 from .matching import match_from_config, match_neurons
 from .targets import EncoderTarget, V4EnsembleTarget, select_outputs
@@ -37,7 +37,7 @@ from .targets import EncoderTarget, V4EnsembleTarget, select_outputs
 __all__ = [
     "Backbone", "backbone_from_config", "backbone_from_spec", "CHECKPOINT_VERSION", "DEMO_DATA", "DEMO_FITS",
     "demo_checkpoint", "load_checkpoint", "read_checkpoint", "dataset_from_config", "r2_score", "split_indices",
-    "fit_encoder", "pool_features", "ridge_cv", "EnsembleMember", "EnsembleModel", "ResidualLayer", "fit_v4_ensemble",
+    "fit_encoder", "pool_features", "EnsembleMember", "EnsembleModel", "ResidualLayer", "fit_v4_ensemble",
     "train_member", "match_from_config", "match_neurons", "EncoderTarget", "V4EnsembleTarget", "select_outputs",
 ]
 

@@ -1,5 +1,7 @@
 """fMRI/EEG encoders: frozen backbone features (any model/layer) -> ridge regression, one alpha
-per output (ROI or channel) chosen by cross-validation; held-out R^2 per output."""
+per output (ROI or channel) chosen by efficient leave-one-out (:func:`stimopt.ridge.ridge_cv`,
+scikit-learn's ``RidgeCV``); held-out R^2 per output. Responses never recorded (NaN) are imputed
+by their column's mean before the fit."""
 from __future__ import annotations
 
 import time
@@ -10,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from stimopt.device import resolve_device
+from stimopt.ridge import ridge_cv
 
 from .backbone import backbone_from_config
 from .checkpoints import CHECKPOINT_VERSION
@@ -21,38 +24,6 @@ def pool_features(feats: torch.Tensor, pool: int) -> torch.Tensor:
     if pool and feats.shape[-1] > pool:
         feats = F.adaptive_avg_pool2d(feats, pool)
     return feats.flatten(1)
-
-
-def _ridge_solutions(x: np.ndarray, y: np.ndarray, alphas: np.ndarray):
-    """SVD of the (centred) design; returns a function alpha_per_output -> (W [d,K], b [K])."""
-    xm, ym = x.mean(0), y.mean(0)
-    u, s, vt = np.linalg.svd(x - xm, full_matrices=False)
-    uty = u.T @ (y - ym)  # [r, K]
-
-    def weights(alpha_k: np.ndarray):
-        shrink = s[:, None] / (s[:, None] ** 2 + alpha_k[None, :])  # [r, K]
-        w = vt.T @ (shrink * uty)
-        return w, ym - xm @ w
-
-    return weights
-
-
-def ridge_cv(x: np.ndarray, y: np.ndarray, alphas, folds: int, seed: int):
-    """Ridge with one alpha per output chosen by k-fold CV (missing targets imputed by the column mean)."""
-    alphas = np.asarray(alphas, np.float64)
-    y = np.where(np.isfinite(y), y, np.nanmean(y, axis=0))
-    n, k = y.shape
-    fold = np.random.default_rng(seed).permutation(n) % max(2, int(folds))
-    err = np.zeros((len(alphas), k))
-    for f in range(max(2, int(folds))):
-        tr, va = fold != f, fold == f
-        solve = _ridge_solutions(x[tr], y[tr], alphas)
-        for a, alpha in enumerate(alphas):
-            w, b = solve(np.full(k, alpha))
-            err[a] += ((x[va] @ w + b - y[va]) ** 2).sum(0)
-    best = alphas[err.argmin(0)]
-    w, b = _ridge_solutions(x, y, alphas)(best)
-    return w, b, best
 
 
 def fit_encoder(cfg, out_dir: Path) -> dict:
@@ -67,10 +38,14 @@ def fit_encoder(cfg, out_dir: Path) -> dict:
     x = pool_features(backbone.features(data["images"]), int(m.get("pool", 0))).double().numpy()
     y = np.asarray(data["responses"], np.float64)
     train, val, test = split_indices(len(y), float(d.val_fraction), float(d.test_fraction), int(cfg.seed))
-    fit_idx = np.concatenate([train, val])  # CV chooses alpha inside train+val; test stays untouched
+    fit_idx = np.concatenate([train, val])  # leave-one-out chooses alpha inside train+val; test stays untouched
     x_mean, x_std = x[fit_idx].mean(0), x[fit_idx].std(0) + 1e-8
     xs = (x - x_mean) / x_std
-    w, b, alphas = ridge_cv(xs[fit_idx], y[fit_idx], list(m.alphas), int(m.folds), int(cfg.seed))
+    y_fit = y[fit_idx]
+    with np.errstate(invalid="ignore"):
+        col_mean = np.nan_to_num(np.nanmean(y_fit, axis=0))
+    y_fit = np.where(np.isfinite(y_fit), y_fit, col_mean)
+    w, b, alphas = ridge_cv(xs[fit_idx], y_fit, list(m.alphas))
     pred = xs[test] @ w + b
     r2 = r2_score(pred, y[test])
     ckpt = {
