@@ -44,20 +44,46 @@ def find_resume_dir(resume, run_dir: Path) -> Path:
     raise StimoptError(f"resume=true: no unfinished run in {run_dir.parent}; pass resume=PATH to a run directory")
 
 
+def keep_record(run_dir: Path) -> None:
+    """Hydra has just rewritten ``.hydra/`` of ``run_dir``: if it holds a run, put back the files
+    of the run's first start (the record never changes) and keep this invocation's aside."""
+    from stimopt.rundir import restore_record
+    from stimopt.store import probe
+
+    if not (run_dir / "evaluations.sqlite").is_file():
+        return
+    try:
+        record = probe(run_dir / "evaluations.sqlite")["record"]
+    except StimoptError:
+        return  # a damaged store: opening it says so
+    if record:
+        restore_record(run_dir, record)
+
+
 def _task(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     from stimopt.experiment import run_experiment
 
+    from stimopt.interrupt import Interrupted
+
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     try:
+        keep_record(run_dir)
         if cfg.resume not in (False, None) and str(cfg.resume).lower() != "false":
             run_dir = find_resume_dir(cfg.resume, run_dir)
             print(f"stimopt: resuming the run in {run_dir}", file=sys.stderr)
         summary = run_experiment(cfg, run_dir, progress=not multirun)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        code = exc.exit_code if isinstance(exc, Interrupted) else 130
+        done = getattr(exc, "summary", None)
+        where = (f"{done['n_evaluations']} evaluations are committed in {run_dir}; continue with the same overrides "
+                 f"and resume={run_dir}") if done else "no generation was started"
+        print(f"stimopt: interrupted by {exc.name if isinstance(exc, Interrupted) else 'SIGINT'}: {where}", file=sys.stderr)
+        sys.exit(code)
     except StimoptError as exc:
         _say_error(str(exc))
         if multirun:  # one bad job must not sink the sweep; the sweep table marks it

@@ -147,22 +147,52 @@ def seed_everything(seed: int) -> None:
 
 
 def open_store(cfg: DictConfig, run_dir: Path) -> RunStore:
-    """The run's store; on resume, the existing one after checking the config is the same."""
+    """The run's store, holding the run dir's lock (stimopt.rundir) until it is closed; on resume,
+    the existing one after checking it is sound and the config is the same."""
+    import sqlite3
+
+    from stimopt.rundir import RunLock, read_record
+
     path = run_dir / "evaluations.sqlite"
-    existed = path.exists()
     synchronous = str((cfg.get("store") or {}).get("synchronous", "FULL")).upper()
     if synchronous not in ("FULL", "NORMAL"):
         raise StimoptError(f"store.synchronous must be FULL or NORMAL, got '{synchronous}'")
-    store = RunStore(path, synchronous=synchronous)
-    current = OmegaConf.to_container(cfg, resolve=True)
-    if existed and store.meta("config_hash") is not None:
-        if not cfg.resume:
-            raise StimoptError(f"{run_dir} already holds a run; pass resume=true to continue it or choose a new run dir")
-        if store.meta("config_hash") != config_hash(cfg):
-            diff = "; ".join(config_diff(store.meta("config"), current)) or "structure"
-            raise StimoptError(f"cannot resume {run_dir}: its config differs ({diff}); resume with the same overrides or start a new run")
-    else:
-        store.set_meta(config=current, config_hash=config_hash(cfg), status="running")
+    lock = RunLock(run_dir)  # before anything is read or written: one process per run dir
+    store = None
+    try:
+        existed = path.exists()
+        try:
+            store = RunStore(path, synchronous=synchronous)
+        except sqlite3.DatabaseError as exc:
+            if not existed:
+                raise StimoptError(f"cannot create the run store {path} ({exc}); check the disk and the folder's permissions") from None
+            raise StimoptError(f"the run store {path} is damaged ({exc}); salvage its committed rows with: "
+                               f"stimopt-recover {run_dir} NEW_RUN_DIR") from None
+        store.lock, store.created = lock, False
+        if existed:
+            store.check()
+        current = OmegaConf.to_container(cfg, resolve=True)
+        if existed and store.meta("config_hash") is not None:
+            if not cfg.resume:
+                raise StimoptError(f"{run_dir} already holds a run; pass resume=true to continue it or choose a new run dir")
+            if store.meta("config_hash") != config_hash(cfg):
+                diff = "; ".join(config_diff(store.meta("config"), current)) or "structure"
+                raise StimoptError(f"cannot resume {run_dir}: its config differs ({diff}); resume with the same overrides or start a new run")
+            store.previous_status = store.meta("status")
+            store.set_meta(status="running")
+        else:
+            store.set_meta(config=current, config_hash=config_hash(cfg), status="running", record=read_record(run_dir))
+            store.created = True
+    except sqlite3.OperationalError as exc:
+        if store is not None:
+            store.close()
+        lock.release()
+        raise StimoptError(f"cannot write the run store {path} ({exc}); make it writable or choose another hydra.run.dir") from None
+    except BaseException:
+        if store is not None:
+            store.close()
+        lock.release()
+        raise
     return store
 
 
@@ -241,25 +271,74 @@ def summarize(run: Run, cfg: DictConfig, wall_s: float, status: str) -> dict:
 def run_experiment(cfg: DictConfig, run_dir: str | Path, observers=None, progress: bool = True) -> dict:
     """Run (or resume) one experiment into ``run_dir`` and write its report. Returns the summary.
 
-    ``observers=None`` attaches the configured ones (progress bar, logger).
+    ``observers=None`` attaches the configured ones (progress bar, logger). SIGINT/SIGTERM end it
+    cleanly (stimopt.interrupt): status ``interrupted``, summary written, resumable; the
+    :class:`~stimopt.interrupt.Interrupted` raised carries the summary. Problems that can be
+    found before the first stimulus is shown are (stimopt.preflight).
     """
     from stimopt import report
+    from stimopt.interrupt import Interrupted, interruptible
     from stimopt.observers import make_observers
+    from stimopt.preflight import preflight
 
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
-    run = build_run(cfg, run_dir)
-    status = "failed"
+    with interruptible() as guard:
+        run = build_run(cfg, run_dir)
+        try:
+            preflight(run, cfg)
+        except BaseException:
+            _abandon(run)
+            raise
+        status = "failed"
+        try:
+            run.observers = list(observers) if observers is not None else make_observers(cfg, run_dir, progress)
+            run.run()
+            status = "finished"
+        except Interrupted as exc:
+            status = "interrupted"
+            exc.summary = summary = _finish(run, cfg, t0, status, guard, report)
+            raise
+        finally:
+            if status != "interrupted":
+                summary = _finish(run, cfg, t0, status, guard, report)
+    return summary
+
+
+def _abandon(run: Run) -> None:
+    """Preflight failed: nothing was shown. A store this invocation created (still empty) goes."""
+    created = getattr(run.store, "created", False) and run.store.n_evaluations() == 0
+    path = run.store.path
+    if not created and getattr(run.store, "previous_status", None):
+        run.store.set_meta(status=run.store.previous_status)
+    run.store.close()
+    run.target.close()
+    if created:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def _finish(run: Run, cfg: DictConfig, t0: float, status: str, guard, report) -> dict:
+    """The run's record: summary + report files, observers told, status set, store closed. A
+    failure to write a report file is one line on stderr; the store keeps every committed row."""
+    import sqlite3
+    import sys
+
+    guard.defer()
+    summary = summarize(run, cfg, time.perf_counter() - t0, status)
     try:
-        run.observers = list(observers) if observers is not None else make_observers(cfg, run_dir, progress)
-        run.run()
-        status = "finished"
-    finally:
-        summary = summarize(run, cfg, time.perf_counter() - t0, status)
-        report.write(run, summary)
+        try:
+            report.write(run, summary)
+        except OSError as exc:
+            print(f"stimopt: warning: could not write the report in {run.run_dir} ({exc.strerror or exc}); "
+                  f"every committed evaluation is in {run.store.path}", file=sys.stderr)
         for obs in run.observers:
             obs.on_end(run, summary)
-        run.store.set_meta(status=status)
+        try:
+            run.store.set_meta(status=status)
+        except sqlite3.Error as exc:
+            print(f"stimopt: warning: could not mark the run {status} in {run.store.path} ({exc})", file=sys.stderr)
+    finally:
         run.store.close()
         run.target.close()
     return summary

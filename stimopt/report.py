@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stimopt.rundir import write_atomic
+
 N_BEST = 8
 
 
@@ -27,6 +29,14 @@ def best_so_far(responses: np.ndarray, scores: np.ndarray) -> np.ndarray:
         return np.zeros(0)
     earlier = np.concatenate([[-np.inf], np.maximum.accumulate(s)[:-1]])
     return np.asarray(responses, dtype=np.float64)[np.maximum.accumulate(np.where(s > earlier, np.arange(s.size), 0))]
+
+
+def _save_figure(fig, path: Path) -> None:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=80, format="png")
+    write_atomic(path, buf.getvalue())
 
 
 def best_images(run, k: int = N_BEST) -> tuple[np.ndarray, list[float]]:
@@ -53,7 +63,7 @@ def save_best(run, path: Path, k: int = N_BEST) -> None:
         ax.axis("off")
     fig.suptitle(f"best stimuli (direction={run.objective.direction})", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    _save_figure(fig, path)
     plt.close(fig)
 
 
@@ -74,13 +84,13 @@ def save_trajectory(run, path: Path) -> None:
     ax.set_ylabel("response")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    _save_figure(fig, path)
     plt.close(fig)
 
 
 def write(run, summary: dict) -> None:
     d = Path(run.run_dir)
-    (d / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomic(d / "summary.json", json.dumps(summary, indent=2) + "\n")  # never a 0-byte summary (stimopt.rundir)
     save_trajectory(run, d / "trajectory.png")
     save_best(run, d / "best.png")
     from stimopt.html_report import write_page_safely

@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS checkpoint (id INTEGER PRIMARY KEY CHECK (id = 0), ge
 
 def probe(path: str | Path) -> dict:
     """What a store file holds, read-only, without creating or changing anything:
-    ``{"status", "generation" (last committed, -1 if none), "n_evaluations"}``. A file that is not a
+    ``{"status", "generation" (last committed, -1 if none), "n_evaluations", "record"}``. A file that is not a
     readable run store raises StimoptError saying why."""
     path = Path(path)
     try:
@@ -63,6 +63,7 @@ def probe(path: str | Path) -> dict:
             if missing:
                 raise StimoptError(f"{path} is not a stimopt run store (no table {', '.join(sorted(missing))})")
             row = db.execute("SELECT value FROM meta WHERE key='status'").fetchone()
+            rec = db.execute("SELECT value FROM meta WHERE key='record'").fetchone()
             gen = db.execute("SELECT MAX(generation) FROM generations").fetchone()[0]
             n = db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
             status = json.loads(row[0]) if row else None
@@ -72,7 +73,8 @@ def probe(path: str | Path) -> dict:
         raise StimoptError(f"{path} is not a readable run store ({exc}); salvage it with: stimopt-recover {path.parent} NEW_DIR") from None
     except ValueError as exc:
         raise StimoptError(f"{path} is not a stimopt run store (bad meta: {exc})") from None
-    return {"status": status, "generation": -1 if gen is None else int(gen), "n_evaluations": int(n)}
+    return {"status": status, "generation": -1 if gen is None else int(gen), "n_evaluations": int(n),
+            "record": json.loads(rec[0]) if rec else None}
 
 
 def _nan_to_none(x: float):
@@ -87,6 +89,16 @@ class RunStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={synchronous}")
         self.db.executescript(SCHEMA)
+
+    def check(self) -> None:
+        """A damaged file (truncated, overwritten) is one StimoptError naming the way to salvage it."""
+        try:
+            bad = [r[0] for r in self.db.execute("PRAGMA quick_check").fetchall() if r[0] != "ok"]
+        except sqlite3.DatabaseError as exc:
+            bad = [str(exc)]
+        if bad:
+            raise StimoptError(f"the run store {self.path} is damaged ({bad[0]}); salvage its committed rows with: "
+                               f"stimopt-recover {self.path.parent} NEW_RUN_DIR") from None
 
     # -- meta -------------------------------------------------------------------------------
     def set_meta(self, **items) -> None:
@@ -207,3 +219,7 @@ class RunStore:
 
     def close(self) -> None:
         self.db.close()
+        lock = getattr(self, "lock", None)
+        if lock is not None:
+            lock.release()
+            self.lock = None

@@ -1,0 +1,68 @@
+"""SIGINT and SIGTERM (what SLURM and systemd send) end a run the same clean way.
+
+The first signal raises :class:`Interrupted` in the main thread: the generation in flight is
+abandoned (its transaction never committed: the store holds whole generations only), the run is
+marked ``interrupted``, summary.json is written, and the process exits with 128 + the signal's
+number after one line on stderr; ``resume=true`` continues it. Signals that arrive while the
+record is being written (``defer()``) are noted and do not cut it short.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised by the first SIGINT/SIGTERM of a run; ``signum`` says which."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+        self.summary: dict | None = None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class _Guard:
+    def __init__(self):
+        self.deferred = False
+        self.fired: int | None = None
+
+    def handler(self, signum, frame):
+        if self.fired is None and not self.deferred:
+            self.fired = signum
+            raise Interrupted(signum)
+        self.fired = self.fired or signum
+        print(f"stimopt: {signal.Signals(signum).name} received; finishing the run's record first "
+              "(SIGKILL abandons it; committed generations are safe either way)", file=sys.stderr, flush=True)
+
+    def defer(self) -> None:
+        """From now on, signals wait: the run's record is being written."""
+        self.deferred = True
+
+
+@contextmanager
+def interruptible():
+    """Within: SIGINT/SIGTERM raise Interrupted once (main thread only; elsewhere a no-op)."""
+    guard = _Guard()
+    if threading.current_thread() is not threading.main_thread():
+        yield guard
+        return
+    old = {s: signal.getsignal(s) for s in SIGNALS}
+    for s in SIGNALS:
+        signal.signal(s, guard.handler)
+    try:
+        yield guard
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
