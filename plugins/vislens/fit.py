@@ -54,17 +54,20 @@ def target_responses(target, images: torch.Tensor, batch_size: int = 64, output:
     return r.numpy().astype(np.float64)
 
 
-def ridge_direction(emb: torch.Tensor, r: np.ndarray, alpha: float = 1.0) -> dict:
-    """BrainACTIV: ridge (scikit-learn, unpenalized intercept) from L2-normalized CLIP embeddings to
-    responses; w/||w|| is the direction."""
-    from sklearn.linear_model import Ridge
+def ridge_direction(emb: torch.Tensor, r: np.ndarray, alpha=1.0) -> dict:
+    """BrainACTIV: ridge (stimopt.ridge, scikit-learn's RidgeCV; unpenalized intercept) from
+    L2-normalized CLIP embeddings to responses; w/||w|| is the direction. ``alpha``: a penalty, or
+    a list of them to choose from by leave-one-out."""
+    from stimopt.ridge import ridge_cv
 
     u = F.normalize(emb.double(), dim=1).numpy()
     r = np.asarray(r, dtype=np.float64)
-    ridge = Ridge(alpha=float(alpha)).fit(u, r)
-    w = ridge.coef_.astype(np.float64)
+    grid = [float(a) for a in alpha] if hasattr(alpha, "__iter__") and not isinstance(alpha, str) else [float(alpha)]
+    w, b, chosen = ridge_cv(u, r, grid)
+    w, b = w[:, 0], float(b[0])
+    r2 = 1 - ((r - u @ w - b) ** 2).sum() / max(((r - r.mean()) ** 2).sum(), 1e-12)
     return {"w": torch.from_numpy(w / np.linalg.norm(w)).float(), "w_raw": torch.from_numpy(w).float(),
-            "b": float(ridge.intercept_), "alpha": float(alpha), "r2_train": float(ridge.score(u, r))}
+            "b": b, "alpha": float(chosen[0]), "r2_train": float(r2)}
 
 
 def fit_vislens_vae(cfg, out_dir: Path) -> dict:
@@ -127,7 +130,7 @@ def fit_vislens_vae(cfg, out_dir: Path) -> dict:
                   "responses": torch.from_numpy(r[ref.numpy()]).float(), "embeddings": x[ref] if kind == "clip" else None}
     brainactiv = None
     if kind == "clip":
-        brainactiv = ridge_direction(x[train], r[train.numpy()], float(m.ridge_alpha))
+        brainactiv = ridge_direction(x[train], r[train.numpy()], m.ridge_alpha)
         report["brainactiv_r2_train"] = brainactiv["r2_train"]
         report["clip"] = f"{m.clip.model}/{m.clip.pretrained}"
     path = out_dir / CHECKPOINT_NAME
