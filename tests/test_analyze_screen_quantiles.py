@@ -1,0 +1,113 @@
+"""stimopt-analyze screen (chunked, resumable) and quantiles (from a screen file and from a run)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import stimopt
+from stimopt.analyze.app import Context, run_analysis
+from stimopt.analyze.common import ArraySource
+from stimopt.analyze.screen import load_screen
+from stimopt.errors import StimoptError
+
+
+class Channels(stimopt.Target):
+    """Planted neurons: output c = mean of colour channel c (so the answers are known)."""
+
+    n_outputs = 3
+
+    def __init__(self, fail_after=None, noise=0.0):
+        self.calls, self.fail_after, self.noise = 0, fail_after, noise
+        self.rng = np.random.default_rng(0)
+
+    def evaluate(self, images):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RuntimeError("planted crash")
+        r = images.mean(dim=(2, 3))
+        if self.noise:
+            r = r + torch.as_tensor(self.rng.normal(0, self.noise, r.shape), dtype=r.dtype)
+        return r
+
+    def describe(self):
+        return "channels"
+
+
+@pytest.fixture
+def source():
+    return ArraySource(np.random.default_rng(0).random((300, 3, 8, 8)).astype(np.float32))
+
+
+def ctx_for(target, source, out, name_opts, **kw):
+    return Context(options=name_opts, source=source, make_target=lambda **o: target, out=out, batch_size=25, **kw)
+
+
+def test_screen_keeps_the_planted_top_and_bottom(tmp_path, source):
+    run_analysis("screen", ctx_for(Channels(), source, tmp_path, {"k": 5, "chunk": 100}))
+    data = load_screen(tmp_path / "screen.npz")
+    means = source.array.mean(dim=(2, 3)).numpy()
+    for c in range(3):
+        assert list(data["top"][c]) == list(np.argsort(-means[:, c])[:5])
+        assert list(data["bottom"][c]) == list(np.argsort(means[:, c])[:5])
+    meta = json.loads((tmp_path / "screen.json").read_text())
+    assert meta["n_images"] == 300 and len(meta["units"]) == 3 and not (tmp_path / "screen.partial").exists()
+
+
+def test_screen_resumes_finished_chunks(tmp_path, source):
+    crashing = Channels(fail_after=9)  # 4 batches per chunk of 100: chunks 1 and 2 finish, chunk 3 crashes
+    with pytest.raises(RuntimeError):
+        run_analysis("screen", ctx_for(crashing, source, tmp_path, {"k": 5, "chunk": 100}))
+    assert len(list((tmp_path / "screen.partial").glob("chunk_*.npy"))) == 2
+    again = Channels()
+    run_analysis("screen", ctx_for(again, source, tmp_path, {"k": 5, "chunk": 100}))
+    assert again.calls == 4  # only the last chunk was scored
+    data = load_screen(tmp_path)
+    np.testing.assert_allclose(data["responses"], source.array.mean(dim=(2, 3)).numpy(), rtol=1e-6)
+
+
+def test_screen_bad_inputs_are_one_line(tmp_path, source):
+    with pytest.raises(StimoptError, match="needs at least 400 images"):
+        run_analysis("screen", ctx_for(Channels(), source, tmp_path, {"k": 200, "chunk": 100}))
+    with pytest.raises(StimoptError, match="does not exist"):
+        load_screen(tmp_path / "nothing.npz")
+
+
+def test_quantiles_from_a_screen_with_a_noisy_target(tmp_path, source):
+    run_analysis("screen", ctx_for(Channels(), source, tmp_path, {"k": 10, "chunk": 100}))
+    out = tmp_path / "q"
+    ctx = ctx_for(Channels(noise=0.02), source, out, {"screen": str(tmp_path / "screen.npz"), "k": 10, "n_random": 200},
+                  repeats=4)
+    run_analysis("quantiles", ctx)
+    data = json.loads((out / "quantiles.json").read_text())
+    assert data["repeats"] == 4 and len(data["units"]) == 3
+    assert data["median_q_pref"] > 0.9 and data["median_q_anti"] < 0.1
+    assert all(u["q_pref"] > u["q_anti"] for u in data["units"])
+    assert (out / "quantiles.png").exists() and "q_pref" in (out / "quantiles.csv").read_text()
+
+
+def test_quantiles_needs_sets(tmp_path, source):
+    with pytest.raises(StimoptError, match="quantiles needs the sets"):
+        run_analysis("quantiles", ctx_for(Channels(), source, tmp_path, {"k": 10}))
+
+
+def test_quantiles_from_a_run(tmp_path, tiny_cnn):
+    """A tiny pixel run of a planted luminance neuron: its best images fall high, its worst low."""
+    from stimopt.config import compose
+    from stimopt.experiment import run_experiment
+    from stimopt.analyze.common import DemoSource
+
+    cfg = compose(["target.model=resnet18", "target.weights=random", "target.layer=layer1", "target.input_size=32",
+                   "target.unit=3", "generator.size=32", "logger=none", "budget=60", "batch_size=20", "device=cpu"])
+    run_dir = tmp_path / "run"
+    run_experiment(cfg, run_dir, progress=False)
+    out = tmp_path / "q"
+    ctx = Context(options={"run": str(run_dir), "k": 5, "n_random": 60}, source=DemoSource(), make_target=None, out=out,
+                  batch_size=30)
+    run_analysis("quantiles", ctx)
+    data = json.loads((out / "quantiles.json").read_text())
+    u = data["units"][0]
+    assert "best 5" in data["sets"]["pref"] and "worst 5" in data["sets"]["anti"]
+    assert u["median_pref"] > u["median_anti"]
