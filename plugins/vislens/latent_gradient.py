@@ -58,16 +58,17 @@ class LatentGradient(stimopt.Optimizer):
         self.first = self.last = None  # {step, score, kld} of the first and the latest Adam step
 
     def bind(self, objective) -> None:
-        """The run's differentiable objective; the activation prior's mean follows its direction."""
+        """The run's differentiable objective (the only way this optimizer scores codes)."""
         self.objective = objective
-        if self.kld == "activation":
-            land = self.space.landscape
-            mu = land.mu_pos if objective.direction == "max" else land.mu_neg
-            self.prior_mu = torch.as_tensor(mu, dtype=torch.float32)
-            mask = torch.as_tensor(land.mask, dtype=torch.float32)
-            self.prior_sigma = self.sigma_prior * mask + (1 - mask)
-        else:
-            self.prior_mu, self.prior_sigma = torch.zeros(self.space.dim), torch.ones(self.space.dim)
+
+    def _prior(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, sigma) of the KLD's prior; the activation prior's mean follows the run's direction."""
+        if self.kld != "activation":
+            return torch.zeros(self.space.dim), torch.ones(self.space.dim)
+        land = self.space.landscape
+        mu = land.mu_pos if self.objective.direction == "max" else land.mu_neg
+        mask = torch.as_tensor(land.mask, dtype=torch.float32)
+        return torch.as_tensor(mu, dtype=torch.float32), self.sigma_prior * mask + (1 - mask)
 
     def _start(self, n: int) -> np.ndarray:
         land = getattr(self.space, "landscape", None)
@@ -86,12 +87,13 @@ class LatentGradient(stimopt.Optimizer):
         if self.adam_state is not None:
             opt.load_state_dict(self.adam_state)
         bounded = self.space.low is not None or self.space.high is not None
+        prior_mu, prior_sigma = self._prior()
         with torch.enable_grad():
             for _ in range(self.steps_per_ask):
                 if self.objective.remaining < len(z):
                     break  # keep the rest of the budget for the codes this ask returns
                 score = self.objective(z, [{"adam_step": self.n_steps}] * len(z)).float().cpu()
-                kld = point_kld(z, self.prior_mu, self.prior_sigma) if self.kld != "none" else torch.zeros(len(z))
+                kld = point_kld(z, prior_mu, prior_sigma) if self.kld != "none" else torch.zeros(len(z))
                 ok = torch.isfinite(score)  # a missing response (on_bad_response=skip) gives no gradient
                 loss = -score[ok].sum() + self.w_kld * kld.sum()
                 opt.zero_grad()
