@@ -28,7 +28,7 @@ table.sortable th[aria-sort=descending]::after { content: " \25BC"; }
 .grid { display: flex; flex-wrap: wrap; gap: .6em; }
 figure { margin: 0; text-align: center; background: #fff; border: 1px solid #ddd; padding: .3em; }
 figure img { width: 128px; height: 128px; object-fit: contain; image-rendering: pixelated; display: block; }
-figcaption { font-size: .85em; font-variant-numeric: tabular-nums; max-width: 128px; overflow-wrap: anywhere; }
+figcaption { font-size: .85em; font-variant-numeric: tabular-nums; max-width: 128px; overflow-wrap: break-word; }
 .bar { display: flex; height: 1.4em; width: 100%; max-width: 40em; border: 1px solid #ccc; }
 .bar span { display: block; height: 100%; } .legend span { display: inline-block; width: .9em; height: .9em; margin: 0 .3em 0 1em; }
 pre { background: #fff; border: 1px solid #ddd; padding: .6em; overflow: auto; max-height: 30em; }

@@ -146,3 +146,13 @@ def test_sweep_page_sorts_and_shows_each_jobs_best(browser, tmp_path):
     screenshot(browser, "reports_sweep")
     assert browser.execute_script("return document.querySelector('#jobs a').getAttribute('href');") in (
         "0/report.html", "1/report.html", "2/report.html", "3/report.html")
+
+
+def test_bank_index_lists_of_the_optimizer_report_become_image_strips():
+    from stimopt.html_report import N_STRIP, _bank_lists
+
+    walk = {"walk": {"steps": 3}, "L": 5, "best_index": 7, "tuning_path": [3, 9, 7]}
+    surrogate = {"heldout_r2": 0.4, "predicted_top_unshown": [{"index": i, "predicted_score": 1.0} for i in range(40)]}
+    assert _bank_lists(walk, is_bank=True) == {"tuning_path": [3, 9, 7]}
+    assert _bank_lists(surrogate, is_bank=True) == {"predicted_top_unshown": list(range(N_STRIP))}
+    assert _bank_lists(walk, is_bank=False) == {} and _bank_lists(None, is_bank=True) == {}
