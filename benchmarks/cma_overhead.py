@@ -62,6 +62,7 @@ def main() -> int:
     ap.add_argument("--budget", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/cma_overhead.json")
+    ap.add_argument("--keep", default="", help="labels whose runs already in --out are kept, not rerun (e.g. nevergrad)")
     args = ap.parse_args()
 
     import torch
@@ -79,14 +80,20 @@ def main() -> int:
     print("ask/tell ms per evaluation (432 dims, popsize 20):", {k: round(v, 3) for k, v in out["ask_tell_ms_per_eval"].items()}, flush=True)
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    runs = out["runs"] = []
+    keep = set(filter(None, args.keep.split(",")))
+    old = json.loads(path.read_text())["runs"] if keep and path.exists() else []
+    runs = out["runs"] = [r for r in old if r["optimizer"] in keep]
     for unit in [int(u) for u in args.units.split(",")]:
         for label in OPTIMIZERS:
+            if any(r["optimizer"] == label and r["unit"] == unit for r in runs):
+                continue
             row = default_run(label, unit, args.budget)
             runs.append(row)
             print(f"blocks.3[{unit}] {label}: best {row['best_response']:.1f}, outside target+generator "
                   f"{100 * row['outside_fraction']:.1f}% of {row['loop_s']:.0f} s", flush=True)
             path.write_text(json.dumps(out, indent=1))
+    units = {int(u) for u in args.units.split(",")}
+    runs[:] = [r for r in runs if r["unit"] in units]
     out["median"] = {label: {k: float(np.median([r[k] for r in runs if r["optimizer"] == label]))
                              for k in ("best_response", "outside_fraction", "outside_s", "loop_s")} for label in OPTIMIZERS}
     out["load_avg_at_end"] = os.getloadavg()

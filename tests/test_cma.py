@@ -153,3 +153,19 @@ def test_run_killed_after_generation_k_and_resumed_equals_uninterrupted(tmp_path
     assert full.progress.best_response > first.max()
     with torch.inference_mode():
         assert float(RedMinusBlue().evaluate(full.generator.generate(full.store.top(1)[0]["code"][None]))[0]) > 0.3
+
+
+def test_same_runs_as_nevergrads_diagonal_cma_for_the_same_seed():
+    """The previous optimizer=cmaes (nevergrad ParametrizedCMA, diagonal) asks the same codes: one
+    algorithm, one random stream, only the wrapper's per-candidate overhead is gone."""
+    from stimopt_plugins.nevergrad import NevergradOptimizer
+
+    space = stimopt.ContinuousSpace(dim=24)
+    a, b = CMAES(), NevergradOptimizer("ParametrizedCMA", {"popsize": 20, "diagonal": True})
+    for opt in (a, b):
+        opt.setup(space, seed=5, budget=200, batch_size=20)
+    for _ in range(5):
+        ca, cb = a.ask(20), b.ask(20)
+        np.testing.assert_allclose(ca, cb, rtol=0, atol=1e-6)
+        a.tell(ca, sphere(ca))
+        b.tell(cb, sphere(cb))

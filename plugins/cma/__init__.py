@@ -12,8 +12,10 @@ told it in one call, so the per-evaluation overhead is a fraction of a per-candi
 - Missing scores (NaN: a dropped trial) get the worst finite score of their generation, so pycma
   never sees NaN and an unscored sample pulls nothing towards itself; a generation with no score
   at all is not told (the next ask draws a fresh population from the same distribution).
-- pycma minimizes: it is told ``-score``. Its random draws come from a generator seeded by the
-  run seed (never numpy's global state), so the same seed asks the same codes.
+- pycma minimizes: it is told ``-score``. Its random draws come from a ``RandomState`` seeded by
+  the run seed (never numpy's global state), so the same seed asks the same codes, and on an
+  unbounded space they are the codes nevergrad's ParametrizedCMA (diagonal, the previous
+  ``optimizer=cmaes``) asks for that seed: the same runs, without the per-candidate wrapper.
 - Checkpoints hold no pickle: only the scores told per generation and a CRC of the codes asked.
   ``load_state_dict`` rebuilds the strategy from the seed and replays the history (a few ms per
   generation); a replay that asks different codes than recorded is refused.
@@ -54,9 +56,9 @@ class CMAES(stimopt.Optimizer):
         import cma
 
         space, seed, popsize = self._args
-        self._rng = np.random.default_rng(seed)
+        self._rng = np.random.RandomState(seed)  # what nevergrad's ParametrizedCMA draws from: the same runs
         opts = {"popsize": popsize, "CMA_diagonal": self.diagonal, "CMA_elitist": self.elitist,
-                "randn": lambda lam, n: self._rng.standard_normal((lam, n)), "seed": np.nan,
+                "randn": self._rng.randn, "seed": np.nan,
                 "verbose": -9, "verb_disp": 0, "verb_log": 0, "tolx": 0, "tolfun": 0, "tolfunhist": 0,
                 "tolflatfitness": np.inf, "tolstagnation": np.inf, "tolconditioncov": np.inf, "maxiter": np.inf}
         bounded = space.low is not None or space.high is not None
