@@ -2,7 +2,7 @@
 
 - :func:`ridge_cv`: multi-output ridge, one penalty per output chosen by efficient leave-one-out
   over a grid: scikit-learn's ``RidgeCV`` (``alpha_per_target=True``, ``sample_weight``). Used by
-  the fMRI/EEG encoders (``stimopt_plugins.neural``) and any other fixed read-out.
+  the fMRI/EEG encoders (the neural family) and any other fixed read-out.
 - :func:`fit_ridge` + :func:`posterior_draws`: the online surrogate's weighted single-output ridge.
   It is refit every generation and needs more than ``RidgeCV`` exposes: the SVD of the weighted,
   centred design (for Bayesian-ridge posterior draws), the residual noise from the effective
