@@ -43,6 +43,10 @@ class Handler(SimpleHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def list_directory(self, path):  # no folder listings (results/ holds other participants' files)
+        self.send_error(404, "not found")
+        return None
+
     def log_message(self, *args) -> None:
         pass
 

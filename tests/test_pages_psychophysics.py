@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -114,10 +116,14 @@ def test_collection_server_saves_the_result_file(browser, experiment, tmp_path):
         assert not browser.find_element("id", "prior").is_displayed()  # condition none: no prior images
         click_through(browser)
         saved = wait_for(lambda: browser.execute_script("return window.stimoptPosted;"), message="the posted result")
+        posted = browser.execute_script("return window.stimoptResults;")
+        with pytest.raises(urllib.error.HTTPError):  # other participants' files are not listed
+            urllib.request.urlopen(f"http://127.0.0.1:{server.server_address[1]}/results/", timeout=10)
     finally:
         server.shutdown()
         server.server_close()
     result = json.loads((experiment / saved).read_text())
+    assert result["trials"] == posted["trials"]
     assert result["condition"] == "none" and result["participant"] == "p2" and len(result["trials"]) == 100
 
 
