@@ -68,6 +68,9 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
     raw = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)  # as an ordinary new file (mkstemp makes it 0600)
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
             f.flush()
