@@ -156,3 +156,16 @@ def test_bank_index_lists_of_the_optimizer_report_become_image_strips():
     assert _bank_lists(walk, is_bank=True) == {"tuning_path": [3, 9, 7]}
     assert _bank_lists(surrogate, is_bank=True) == {"predicted_top_unshown": list(range(N_STRIP))}
     assert _bank_lists(walk, is_bank=False) == {} and _bank_lists(None, is_bank=True) == {}
+
+
+def test_stimopt_report_rebuilds_a_sweep_page_and_its_jobs_pages(tmp_path):
+    run_cli(["-m", "optimizer=random", "seed=0,1", "budget=20", *FAST], tmp_path)
+    sweep = next((tmp_path / "outputs" / "sweeps").iterdir())
+    (sweep / "sweep.html").unlink()
+    (sweep / "1" / "report.html").unlink()
+    (sweep / "1" / "summary.json").unlink()  # job 1 as if killed before its end
+    proc = run_cli([str(sweep)], tmp_path, program="stimopt-report")
+    assert proc.stdout.strip().endswith("sweep.html")
+    html = (sweep / "sweep.html").read_text()
+    assert "1/report.html" in html and "1/report_files/best_00.png" in html and "stopped (" in html
+    assert "no summary.json" in (sweep / "1" / "report.html").read_text()
