@@ -131,7 +131,7 @@ class LayerReader:
     ``[B, C, H, W]`` or ``[B, C]`` (see :func:`layer_features`; ``token`` picks a transformer token)."""
 
     def __init__(self, model: torch.nn.Module, layer: str, model_name: str = "model", token=None,
-                 key: str = "target.token"):
+                 key: str = "token"):
         self.token, self.key = parse_token(token, key), key
         self.prefix_tokens = getattr(model, "num_prefix_tokens", None)
         self.where = f"layer '{layer}' of {model_name}"
@@ -164,7 +164,7 @@ class LayerReader:
         return layer_features(out, self.token, prefix_tokens=self.prefix_tokens, layer=self.where, key=self.key)
 
 
-def parse_token(token, key: str = "target.token"):
+def parse_token(token, key: str = "token"):
     """``None`` | ``'cls'`` | ``'mean'`` | an int token index, from a config value (``'3'`` counts as 3)."""
     if token is None or (isinstance(token, str) and token.lower() in ("", "null", "none")):
         return None
@@ -181,7 +181,7 @@ def parse_token(token, key: str = "target.token"):
 
 
 def layer_features(out: torch.Tensor, token=None, *, prefix_tokens: int | None = None, layer: str = "layer",
-                   key: str = "target.token") -> torch.Tensor:
+                   key: str = "token") -> torch.Tensor:
     """A layer's output as ``[B, C, H, W]`` or ``[B, C]``.
 
     4-D maps and 2-D vectors pass through (``token`` must be unset). A 3-D token output

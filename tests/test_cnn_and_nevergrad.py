@@ -107,7 +107,8 @@ def test_nevergrad_state_round_trip_continues_identically():
     a = NevergradOptimizer("ParametrizedCMA", {"popsize": 20, "diagonal": True})
     sphere_run(a, generations=3)
     b = NevergradOptimizer("ParametrizedCMA", {"popsize": 20, "diagonal": True})
-    b.setup(a.space, seed=99, budget=300, batch_size=20)
+    b.setup(a.space, seed=0, budget=300, batch_size=20)  # a resume rebuilds with the run's seed, then replays
     b.load_state_dict(a.state_dict())
     np.testing.assert_array_equal(a.ask(20), b.ask(20))
-    assert len(a.state_dict()["ng"]) < 2_000_000  # the archive is pruned so per-generation checkpoints stay small
+    state = a.state_dict()  # arrays and plain values (no pickle), small enough for per-generation checkpoints
+    assert sum(v.nbytes for v in state.values() if isinstance(v, np.ndarray)) < 10_000

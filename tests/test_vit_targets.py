@@ -69,7 +69,7 @@ def test_wrong_or_missing_token_is_one_line(tiny_vit, token, message):
 def test_token_on_a_cnn_map_and_cls_without_class_token_are_one_line(tiny_cnn):
     with pytest.raises(StimoptError, match=r"target.token=cls applies to transformer token outputs .* remove target.token"):
         CNNUnit(model=tiny_cnn, layer="conv2", unit=0, input_size=16, token="cls", device="cpu")
-    with pytest.raises(StimoptError, match="has no class token; use target.token=mean"):
+    with pytest.raises(StimoptError, match="has no class token; use token=mean"):
         layer_features(torch.zeros(2, 16, 8), "cls", prefix_tokens=0)
     assert parse_token("7") == 7 and parse_token(None) is None and parse_token("MEAN") == "mean"
     with pytest.raises(StimoptError, match=r"\[B, C, H, W\], \[B, C\] or \[B, tokens, C\]"):
