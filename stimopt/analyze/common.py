@@ -63,10 +63,15 @@ class DemoSource:
 
 
 def open_source(bank):
-    """``bank=demo`` (the embedded demo bank) or a bank folder made by ``stimopt-bank build``."""
+    """``bank=demo`` (the embedded demo bank: the built one when ``stimopt-bank demo`` has made it, else
+    rendered from the image numbers) or a bank folder made by ``stimopt-bank build``."""
+    from stimopt.bank import demo_bank_path, load_bank
+
     if bank in (None, "", "demo"):
-        return DemoSource()
-    from stimopt.bank import load_bank
+        try:  # built: the same images, plus its backbone features (statistics' embedding classifier)
+            return load_bank(demo_bank_path(build=False))
+        except StimoptError:
+            return DemoSource()
 
     if not Path(str(bank)).is_dir():
         raise StimoptError(f"bank={bank} is not a bank folder (made by `stimopt-bank build`); use bank=demo or a folder")
