@@ -6,7 +6,6 @@ import io
 from pathlib import Path
 
 import numpy as np
-import torch
 
 CHUNK = 16
 
@@ -27,6 +26,8 @@ def render(generator, codes) -> np.ndarray:
     """uint8 images [N, H, W, 3] for flat float codes [N, dim] or bank indices [N]."""
     if not len(codes):
         return np.zeros((0, 1, 1, 3), np.uint8)
+    import torch
+
     first = codes[0]
     codes = np.asarray(codes, dtype=np.int64) if np.ndim(first) == 0 else np.stack(codes).astype(np.float32)
     out = []

@@ -111,6 +111,9 @@ class Watcher:
     def _get_generator(self):
         if self._generator is None and self._generator_error is None:
             try:
+                import torch
+
+                torch.set_num_threads(1)  # rendering a stimulus now and then must not take the run's cores
                 snap_meta = run_reader.snapshot(self.run_dir, k=0, worst=False)["meta"]
                 self._generator = html_images.rebuild_generator(snap_meta["config"])
             except Exception as exc:
@@ -190,9 +193,6 @@ def main(argv=None) -> None:
     except StimoptError as exc:
         print(f"stimopt-watch: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    import torch
-
-    torch.set_num_threads(1)  # rendering a stimulus now and then must not take the run's cores
     print(f"watching {args.run_dir} at http://{HOST}:{server.server_address[1]}/ (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever(poll_interval=0.5)
