@@ -39,12 +39,28 @@ from pathlib import Path
 
 import numpy as np
 
+from stimopt.errors import StimoptError
+
 MAX_COUNT = 1e6
+MAX_SPIKE_S = 1e4         # a spike time's magnitude, in seconds from onset
 MAX_LINE_BYTES = 1 << 20
 MAX_POLL_BYTES = 8 << 20
 EXCERPT_CHARS = 200
 REJECT_KINDS = ("duplicates", "extra", "other_generation", "malformed", "invalid", "truncated", "after_done")
 _NUMBER = (int, float)
+
+
+def check_window(window, what: str):
+    """``None`` or ``(start_s, end_s)`` with finite start < end (seconds after onset)."""
+    if window is None:
+        return None
+    try:
+        start, end = (float(v) for v in window)
+    except (TypeError, ValueError):
+        raise StimoptError(f"{what} must be [start_s, end_s], got {window}") from None
+    if not (math.isfinite(start) and math.isfinite(end) and start < end):
+        raise StimoptError(f"{what} must be [start_s, end_s] with start < end, got {window}")
+    return start, end
 
 
 class Rejected(Exception):
@@ -89,9 +105,13 @@ class InboxReader:
     """Incremental reader of one generation's inbox file (see the module doc for what counts)."""
 
     def __init__(self, path: Path, generation: int, rid: str, n: int, n_channels: int, repeats: int = 1,
-                 opener=_open_plain):
+                 opener=_open_plain, window=None, baseline_window=None):
         self.path, self.generation, self.rid, self.n, self.c = Path(path), generation, rid, n, n_channels
         self.repeats, self.opener = max(int(repeats), 1), opener
+        self.window, self.baseline_window = window, baseline_window
+        self.base_sums = np.zeros((n, n_channels))
+        self.base_cnt = np.zeros(n, dtype=np.int64)
+        self.trials: list[dict] = []  # with spike times: each used trial's window and baseline counts
         self.offset = 0           # bytes consumed
         self.line_no = 0          # physical lines consumed (blank ones included): line numbers as in an editor
         self.n_lines = 0          # non-blank lines consumed: each is used, a done line, or rejected
@@ -107,7 +127,35 @@ class InboxReader:
         self._skip: tuple[int, int, bytes] | None = None  # an over-long line being skipped: (line, offset, head)
 
     # -- one line ------------------------------------------------------------------------------------
+    def _spikes(self, rec: dict):
+        """(window counts, baseline counts or None) from ``"spikes"``: per channel, a list of times (s)."""
+        if "counts" in rec or "count" in rec:
+            raise Rejected("malformed", "both spikes and counts")
+        if self.window is None:
+            raise Rejected("malformed", "spike times, but no target.window to count them in")
+        trains = rec["spikes"]
+        if not isinstance(trains, list) or len(trains) != self.c:
+            raise Rejected("malformed", f"spikes is not a list of {self.c} channel list(s)")
+        counts, base = np.zeros(self.c), np.zeros(self.c)
+        for ch, times in enumerate(trains):
+            if not isinstance(times, list) or not all(type(t) in _NUMBER for t in times):
+                raise Rejected("malformed", f"spikes[{ch}] is not a list of numbers")
+            if len(times) > MAX_COUNT:
+                raise Rejected("invalid", f"more than {MAX_COUNT:g} spikes")
+            try:
+                t = np.asarray(times, dtype=np.float64)
+            except OverflowError:
+                raise Rejected("invalid", "a spike time is not finite") from None
+            if not np.isfinite(t).all() or (np.abs(t) > MAX_SPIKE_S).any():
+                raise Rejected("invalid", f"a spike time is not finite or beyond {MAX_SPIKE_S:g} s")
+            counts[ch] = np.count_nonzero((t >= self.window[0]) & (t < self.window[1]))
+            if self.baseline_window is not None:
+                base[ch] = np.count_nonzero((t >= self.baseline_window[0]) & (t < self.baseline_window[1]))
+        return counts, (base if self.baseline_window is not None else None), True
+
     def _counts(self, rec: dict) -> list[float]:
+        if "spikes" in rec:
+            return self._spikes(rec)
         if "counts" in rec and "count" in rec:
             raise Rejected("malformed", "both count and counts")
         if "counts" in rec:
@@ -132,7 +180,7 @@ class InboxReader:
             raise Rejected("invalid", "a count is negative")
         if (arr > MAX_COUNT).any():
             raise Rejected("invalid", f"a count is larger than {MAX_COUNT:g}")
-        return arr
+        return arr, None, False
 
     def _parse(self, raw: bytes):
         """``None`` for a done line, else ``(index, repeat, counts)``; raises ``Rejected``."""
@@ -205,8 +253,15 @@ class InboxReader:
         if self.cnt[index] >= self.repeats:
             self._reject("extra", f"index {index} already has {self.repeats} trial(s)", self.line_no, offset, text)
             return
+        counts, base, spiky = counts
         self.sums[index] += counts
         self.cnt[index] += 1
+        if base is not None:
+            self.base_sums[index] += base
+            self.base_cnt[index] += 1
+        if spiky:
+            self.trials.append({"index": index, "repeat": repeat, "line": self.line_no, "window": counts.tolist(),
+                                "baseline": None if base is None else base.tolist()})
         self.used.append(self.line_no)
         self.stats["trials"] += 1
 
@@ -286,6 +341,11 @@ class InboxReader:
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.where(self.cnt[:, None] > 0, self.sums / np.maximum(self.cnt, 1)[:, None], np.nan)
         return mean, self.cnt.astype(np.float64)
+
+    def baselines(self) -> np.ndarray:
+        """Mean baseline-window count per image [n, channels], NaN where no trial had spike times."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.base_cnt[:, None] > 0, self.base_sums / np.maximum(self.base_cnt, 1)[:, None], np.nan)
 
     def take_rejected(self) -> list[dict]:
         out, self.rejected = self.rejected, []

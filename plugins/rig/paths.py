@@ -99,7 +99,7 @@ class RigFolder:
         real.mkdir(exist_ok=True)
         return real
 
-    def append(self, rel: str, text: str) -> None:
+    def append(self, rel: str, text: str | bytes) -> None:
         """Append ``text`` to a regular file inside the folder (created if absent); ``UnsafePath`` otherwise."""
         real = self.resolve(rel)
         try:
@@ -113,7 +113,7 @@ class RigFolder:
             mode = os.fstat(fd).st_mode
             if not stat.S_ISREG(mode):
                 raise UnsafePath(f"{self.root.name}/{rel} is {kind_of(mode)}, not a regular file: nothing written")
-            data = text.encode()
+            data = text if isinstance(text, bytes) else text.encode()
             while data:
                 data = data[os.write(fd, data):]
         finally:

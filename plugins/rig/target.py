@@ -15,12 +15,29 @@ import stimopt
 from stimopt.errors import StimoptError
 
 from .images import images_to_uint8, request_id, write_images
-from .inbox import InboxReader
+from .inbox import InboxReader, check_window
 from .paths import RigFolder
+from .zmqlink import ZmqLink, check_endpoint
 
 PROTOCOL = "stimopt-rig/1"
+PROTOCOL_WINDOWS = "stimopt-rig/2"  # lines may carry spike times (target.window set)
 log = logging.getLogger("stimopt.rig")
 _RID = re.compile(r"^[0-9a-f]{16}$")
+
+
+def _crash_point(stage: str, g: int) -> None:
+    """Fault injection for the kill-loop test: ``STIMOPT_RIG_CRASH=stage:generation:delay_s`` SIGKILLs
+    this process ``delay_s`` after it reaches ``stage`` (outbox|wait|read|commit) of that generation."""
+    spec = os.environ.get("STIMOPT_RIG_CRASH")
+    if not spec:
+        return
+    want, gen, delay = (spec.split(":") + ["", "0"])[:3]
+    if want == stage and str(g) == gen:
+        os.environ.pop("STIMOPT_RIG_CRASH")
+        import signal
+        import threading
+
+        threading.Timer(float(delay or 0), os.kill, (os.getpid(), signal.SIGKILL)).start()
 
 
 def gen_name(generation: int) -> str:
@@ -32,7 +49,8 @@ class RigTarget(stimopt.Target):
 
     def __init__(self, rig_dir=None, timeout_s: float = 60.0, poll_s: float = 0.02, presentations: int = 1,
                  n_channels: int = 1, channels=None, image_format: str = "png", represent: bool = False,
-                 png_compress_level: int = 0):
+                 png_compress_level: int = 0, transport: str = "file", endpoint=None, window=None,
+                 baseline_window=None):
         if not rig_dir:
             raise StimoptError("target=rig needs target.rig_dir=PATH (the folder shared with the lab's software)")
         if not (isinstance(timeout_s, (int, float)) and 0 < float(timeout_s) < math.inf):
@@ -55,6 +73,15 @@ class RigTarget(stimopt.Target):
         if not 0 <= int(png_compress_level) <= 9:
             raise StimoptError(f"target.png_compress_level must be 0..9, got {png_compress_level}")
         self.png_compress_level = int(png_compress_level)
+        if transport not in ("file", "zmq"):
+            raise StimoptError(f"target.transport must be file or zmq, got '{transport}'")
+        self.transport, self.endpoint, self.link = transport, endpoint, None
+        if transport == "zmq":
+            self.endpoint = check_endpoint(endpoint)
+        self.window = check_window(window, "target.window")
+        self.baseline_window = check_window(baseline_window, "target.baseline_window")
+        if self.baseline_window is not None and self.window is None:
+            raise StimoptError("target.baseline_window needs target.window (spike times are counted in both)")
         self.generation = 0
         self.last: dict = {}
 
@@ -78,8 +105,8 @@ class RigTarget(stimopt.Target):
             return None
         return rid if isinstance(rid, str) and _RID.match(rid) else None
 
-    def _publish(self, g: int, pixels: np.ndarray, rid: str) -> bool:
-        """Write outbox/gen_g unless that exact request is already there. Returns whether it wrote."""
+    def _publish(self, g: int, pixels: np.ndarray, rid: str) -> tuple[bool, dict]:
+        """Write outbox/gen_g unless that exact request is already there: (whether it wrote, the manifest)."""
         outbox = self.folder.resolve("outbox")
         folder = outbox / gen_name(g)  # the entry itself: a symlink there is never followed
         try:
@@ -89,7 +116,7 @@ class RigTarget(stimopt.Target):
         if st is not None:
             old = self._published_rid(folder) if stat.S_ISDIR(st.st_mode) else None
             if old == rid and not self.represent:
-                return False
+                return False, self._read_manifest(folder)
             published = stat.S_ISDIR(st.st_mode) and os.path.lexists(folder / "manifest.json")
             what = old or ("unreadable" if published else "unpublished" if stat.S_ISDIR(st.st_mode) else "not-a-folder")
             stamp = f"{gen_name(g)}-{what}-{time.time_ns()}"
@@ -101,15 +128,27 @@ class RigTarget(stimopt.Target):
         self.folder.remove_own(tmp)
         tmp.mkdir()
         files = write_images(tmp, pixels, self.image_format, self.png_compress_level)
-        (tmp / "manifest.json").write_text(json.dumps({
-            "protocol": PROTOCOL, "generation": g, "request_id": rid,
+        manifest = {
+            "protocol": PROTOCOL_WINDOWS if self.window else PROTOCOL, "generation": g, "request_id": rid,
             "images": [{"index": i, "file": f} for i, f in enumerate(files)],
             "height": int(pixels.shape[1]), "width": int(pixels.shape[2]),
             "repeats": self.repeats, "n_channels": self.n_channels,
             "inbox": f"inbox/{gen_name(g)}.jsonl", "created": time.time(), "deadline": time.time() + self.timeout_s,
-        }, indent=1))
+        }
+        if self.window:
+            manifest.update(window=list(self.window), baseline_window=self.baseline_window and list(self.baseline_window))
+        _crash_point("outbox", g)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         os.replace(tmp, folder)  # atomic: the lab sees the whole generation or nothing
-        return True
+        return True, manifest
+
+    def _read_manifest(self, folder) -> dict:
+        fd, _ = self.folder.open_regular(folder / "manifest.json")
+        try:
+            with os.fdopen(fd, "rb") as f:
+                return json.loads(f.read(1 << 20))
+        except (OSError, ValueError, TypeError):
+            return {}
 
     def _append(self, name: str, records: list[dict], problems: list[str]) -> None:
         if not records:
@@ -125,16 +164,28 @@ class RigTarget(stimopt.Target):
         pixels = images_to_uint8(images)
         rid = request_id(pixels)
         try:
-            wrote = self._publish(g, pixels, rid)
+            wrote, manifest = self._publish(g, pixels, rid)
         except OSError as exc:  # a full disk, a read-only share: nothing was shown for this generation
             raise StimoptError(f"cannot publish generation {g} in {self.outbox}: {exc.strerror or exc}; "
                                "fix that and resume the run (resume=RUN_DIR)") from None
         name = f"{gen_name(g)}.jsonl"
         reader = InboxReader(self.inbox / name, g, rid, len(pixels), self.n_channels, self.repeats,
-                             opener=self.folder.open_regular)
+                             opener=self.folder.open_regular, window=self.window, baseline_window=self.baseline_window)
         rejected, problems = [], []
+        if self.transport == "zmq":
+            if self.link is None:
+                self.link = ZmqLink(self.endpoint)
+            self.link.send(json.dumps({**manifest, "folder": f"outbox/{gen_name(g)}"}).encode())
 
         def poll(final=False):
+            if self.link is not None:
+                data = self.link.drain()
+                if data:
+                    try:
+                        self.folder.append(f"inbox/{name}", data)  # the journal: what the parser reads
+                    except (OSError, StimoptError) as exc:
+                        problems.append(f"journal: {exc}")
+            _crash_point("read", g)
             reader.poll(final)
             for r in reader.take_rejected():
                 rejected.append({"generation": g, "request_id": rid, "file": f"inbox/{name}", **r})
@@ -151,7 +202,11 @@ class RigTarget(stimopt.Target):
                 poll(final=True)
                 break
             nap = min(self.poll_s, deadline - now)
-            time.sleep(nap)
+            _crash_point("wait", g)
+            if self.link is not None:
+                self.link.wait(nap)
+            else:
+                time.sleep(nap)
             waited += nap
             poll()
         resp, trials = reader.responses()
@@ -166,6 +221,13 @@ class RigTarget(stimopt.Target):
             "total_s": round(total, 4), "waited_s": round(waited, 4), "own_s": round(total - waited, 4),
             "own_cpu_s": round(time.process_time() - c0, 4),
         }
+        if self.window is not None:  # spike times: the windows, the baseline per image and per trial
+            base = reader.baselines()
+            self.last.update(window=list(self.window), baseline_window=self.baseline_window and list(self.baseline_window),
+                             baseline=[[None if math.isnan(v) else float(v) for v in row] for row in base],
+                             spike_trials=reader.trials)
+        if self.link is not None:
+            self.last["transport"] = "zmq"
         self._append("log.jsonl", [self.last], problems)
         self.last["log_problem"] = "; ".join(problems) or None
         n_rejected = sum(v for k, v in reader.stats.items() if k != "trials")
@@ -177,6 +239,7 @@ class RigTarget(stimopt.Target):
         for p in problems:
             log.warning("rig generation %d: %s", g, p)
         self.generation = g + 1
+        _crash_point("commit", g)
         return resp if self.n_outputs > 1 else resp[:, 0]
 
     def describe(self) -> str:
