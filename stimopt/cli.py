@@ -87,7 +87,9 @@ def _task(cfg) -> None:
     except StimoptError as exc:
         _say_error(str(exc))
         if multirun:  # one bad job must not sink the sweep; the sweep table marks it
-            (run_dir / "error.txt").write_text(str(exc) + "\n")
+            from stimopt.rundir import write_atomic
+
+            write_atomic(run_dir / "error.txt", str(exc) + "\n")
             return
         sys.exit(2)
     if summary["best_response"] is None:  # every response missing (e.g. a rig that never answered)

@@ -334,11 +334,11 @@ def _finish(run: Run, cfg: DictConfig, t0: float, status: str, guard, report) ->
                   f"every committed evaluation is in {run.store.path}", file=sys.stderr)
         for obs in run.observers:
             obs.on_end(run, summary)
+    finally:
         try:
             run.store.set_meta(status=status)
         except sqlite3.Error as exc:
             print(f"stimopt: warning: could not mark the run {status} in {run.store.path} ({exc})", file=sys.stderr)
-    finally:
         run.store.close()
         run.target.close()
     return summary
