@@ -113,7 +113,7 @@ def open_array(path: Path, name: str, ndim: int, rows: int | None = None, intege
     return arr
 
 
-FULL_CHECK_ENTRIES = 1 << 27  # graphs up to ~134M entries (0.5 GB) are range-checked in full; larger ones on a sample
+FULL_CHECK_ENTRIES = 1 << 25  # graphs up to ~33M entries (128 MB) are range-checked in full at load; larger ones on a sample
 
 
 def check_indices(path: Path, name: str, arr: np.ndarray, size: int) -> None:
@@ -125,7 +125,7 @@ def check_indices(path: Path, name: str, arr: np.ndarray, size: int) -> None:
         step = max(1, (1 << 22) // max(1, flat.shape[1]))  # ~16 MB of int32 at a time
         bad = any(flat[s:s + step].min() < 0 or flat[s:s + step].max() >= size for s in range(0, len(flat), step))
     else:
-        rows = np.sort(np.random.default_rng(0).choice(len(flat), size=4096, replace=False))
+        rows = np.sort(np.random.default_rng(0).choice(len(flat), size=min(4096, len(flat)), replace=False))
         sample = flat[rows]
         bad = sample.min() < 0 or sample.max() >= size
     if bad:
