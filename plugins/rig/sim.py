@@ -7,7 +7,9 @@ per trial to the generation's inbox file, then a ``done`` line. Faults for testi
 ``--latency`` (seconds before the first answer), ``--trial-s`` (per trial), ``--drop P``
 (dropped trials), ``--duplicate P`` (trials written twice), ``--late G,...`` (answer generation
 G only after ``--late-s``), ``--truncate G,...`` (the last trial of G cut mid-line, no done line),
-``--old-lines G,...`` (lines of generation G-1 written first into G's file).
+``--old-lines G,...`` (lines of generation G-1 written first into G's file), ``--reorder``
+(trial lines shuffled), ``--spikes`` (spike times in the manifest's window, stimopt-rig/2).
+``--transport zmq --endpoint tcp://127.0.0.1:PORT``: the same over ZeroMQ (``simzmq.py``).
 
 What it presented is appended to ``RIG_DIR/sim_presented.jsonl`` (and read back on start, so a
 restarted simulator does not present a generation twice). Spike counts are seeded by (seed,
@@ -43,7 +45,7 @@ class LabSim:
                  weights: str = "random", input_size: int = 32, n_channels: int = 1, repeats: int | None = None,
                  baseline: float = 2.0, gain: float = 5.0, latency: float = 0.0, trial_s: float = 0.0,
                  drop: float = 0.0, duplicate: float = 0.0, late=(), late_s: float = 2.0, truncate=(),
-                 old_lines=(), seed: int = 0):
+                 old_lines=(), seed: int = 0, reorder: bool = False, spikes: bool = False):
         from stimopt_plugins.cnn import CNNUnit
 
         self.dir = Path(rig_dir)
@@ -57,6 +59,7 @@ class LabSim:
         self.baseline, self.gain, self.latency, self.trial_s = baseline, gain, latency, trial_s
         self.drop, self.duplicate, self.late, self.late_s = drop, duplicate, set(late), late_s
         self.truncate, self.old_lines, self.seed = set(truncate), set(old_lines), seed
+        self.reorder, self.spikes = bool(reorder), bool(spikes)
         self.log_path = self.dir / "sim_presented.jsonl"
         self.presented: set[tuple[int, str]] = set()
         if self.log_path.exists():
@@ -94,8 +97,19 @@ class LabSim:
             r = torch.stack([u.evaluate(images) for u in self.units], dim=1)  # [B, channels]
         return (self.baseline + self.gain * F.softplus(r)).double().numpy()
 
-    def present(self, folder: Path, manifest: dict) -> np.ndarray:
-        """Answer one generation; returns the counts [B, repeats, channels] (NaN = dropped)."""
+    def _spike_line(self, g: int, i: int, rep: int, counts: np.ndarray, window, baseline_window, rng) -> dict:
+        """Spike times (s after onset): ``counts`` spikes in the window, Poisson(baseline) in the baseline window."""
+        trains = []
+        for c in counts:
+            t = list(rng.uniform(window[0], window[1], int(c)))
+            if baseline_window:
+                t += list(rng.uniform(baseline_window[0], baseline_window[1], rng.poisson(self.baseline)))
+            trains.append(sorted(round(float(v), 6) for v in t))
+        return {"generation": g, "index": i, "repeat": rep, "spikes": trains}
+
+    def answer(self, folder: Path, manifest: dict) -> tuple[np.ndarray, list[str], bool]:
+        """One generation's trial lines (deterministic in seed, generation, request), the counts
+        [B, repeats, channels] (NaN = dropped) and whether the last line is to be cut."""
         g, rid = int(manifest["generation"]), manifest["request_id"]
         repeats = int(self.repeats or manifest.get("repeats", 1))
         rate = self.rates(self.load_images(folder, manifest))
@@ -104,6 +118,7 @@ class LabSim:
         dropped = rng.random((len(rate), repeats)) < self.drop
         dup = rng.random((len(rate), repeats)) < self.duplicate
         counts[dropped] = np.nan
+        window = manifest.get("window") if self.spikes else None
         lines = []
         if g in self.old_lines:
             lines += [json.dumps({"generation": g - 1, "index": i, "repeat": 0, "counts": [99.0] * rate.shape[1]}) for i in range(len(rate))]
@@ -111,13 +126,33 @@ class LabSim:
             for i in range(len(rate)):
                 if dropped[i, rep]:
                     continue
-                line = json.dumps({"generation": g, "index": i, "repeat": rep, "counts": counts[i, rep].tolist()})
+                rec = (self._spike_line(g, i, rep, counts[i, rep], window, manifest.get("baseline_window"), rng) if window
+                       else {"generation": g, "index": i, "repeat": rep, "counts": counts[i, rep].tolist()})
+                line = json.dumps(rec)
                 lines += [line, line] if dup[i, rep] else [line]
+        if self.reorder:  # the trial lines in another order (the stale ones stay first)
+            n_old = len(rate) if g in self.old_lines else 0
+            head, tail = lines[:n_old], lines[n_old:]
+            lines = head + [tail[j] for j in rng.permutation(len(tail))]
+        truncate = g in self.truncate
+        if not truncate:
+            lines.append(json.dumps({"generation": g, "done": True}))
+        return counts, lines, truncate
+
+    def _presented(self, g: int, rid: str, n: int) -> None:
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps({"generation": g, "request_id": rid, "n": n, "time": time.time()}) + "\n")
+        self.presented.add((g, rid))
+
+    def present(self, folder: Path, manifest: dict) -> np.ndarray:
+        """Answer one generation into its inbox file; returns the counts [B, repeats, channels]."""
+        g, rid = int(manifest["generation"]), manifest["request_id"]
+        counts, lines, truncate = self.answer(folder, manifest)
         time.sleep(self.latency + (self.late_s if g in self.late else 0.0))
         path = self.dir / manifest.get("inbox", f"inbox/gen_{g:06d}.jsonl")
         with open(path, "a") as f:
             for k, line in enumerate(lines):
-                if g in self.truncate and k == len(lines) - 1:
+                if truncate and k == len(lines) - 1:
                     f.write(line[: len(line) // 2])  # cut mid-line: the rig crashed while writing
                     f.flush()
                     break
@@ -125,11 +160,7 @@ class LabSim:
                 f.flush()
                 if self.trial_s:
                     time.sleep(self.trial_s)
-            else:
-                f.write(json.dumps({"generation": g, "done": True}) + "\n")
-        with open(self.log_path, "a") as f:
-            f.write(json.dumps({"generation": g, "request_id": rid, "n": len(rate), "time": time.time()}) + "\n")
-        self.presented.add((g, rid))
+        self._presented(g, rid, len(counts))
         return counts
 
     def step(self) -> int:
@@ -174,6 +205,10 @@ def main(argv=None) -> None:
     p.add_argument("--late-s", type=float, default=2.0)
     p.add_argument("--truncate", default="", help="generations whose last line is cut (comma list)")
     p.add_argument("--old-lines", default="", help="generations whose file starts with lines of the previous one")
+    p.add_argument("--reorder", action="store_true", help="trial lines in a shuffled order")
+    p.add_argument("--spikes", action="store_true", help="spike times in the manifest's window instead of counts")
+    p.add_argument("--transport", choices=("file", "zmq"), default="file")
+    p.add_argument("--endpoint", default=None, help="--transport zmq: where to bind, e.g. tcp://127.0.0.1:5555")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--idle-exit", type=float, default=30.0)
     p.add_argument("--max-generations", type=int, default=None)
@@ -182,10 +217,21 @@ def main(argv=None) -> None:
     try:
         sim = LabSim(a.rig_dir, a.model, a.layer, a.unit, a.weights, a.input_size, a.channels, a.repeats, a.baseline,
                      a.gain, a.latency, a.trial_s, a.drop, a.duplicate, _ints(a.late), a.late_s, _ints(a.truncate),
-                     _ints(a.old_lines), a.seed)
+                     _ints(a.old_lines), a.seed, a.reorder, a.spikes)
+        if a.transport == "zmq":
+            from .zmqlink import _zmq, check_endpoint
+
+            check_endpoint(a.endpoint)
+            _zmq()
     except StimoptError as exc:
         print(f"stimopt-rig-sim: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    print(f"stimopt-rig-sim: serving {a.rig_dir}", file=sys.stderr, flush=True)
-    n = sim.serve(a.idle_exit, a.max_generations)
+    print(f"stimopt-rig-sim: serving {a.rig_dir}" + (f" on {a.endpoint}" if a.transport == "zmq" else ""),
+          file=sys.stderr, flush=True)
+    if a.transport == "zmq":
+        from .simzmq import serve_zmq
+
+        n = serve_zmq(sim, a.endpoint, a.idle_exit, a.max_generations)
+    else:
+        n = sim.serve(a.idle_exit, a.max_generations)
     print(f"stimopt-rig-sim: presented {n} generations", file=sys.stderr)
