@@ -112,3 +112,12 @@ def test_app_end_to_end(tmp_path):
     assert "median kappa" in proc.stdout
     bad = run_cli(["skewnes", f"out={out}"], cwd=ROOT, program="stimopt-analyze", check=False)
     assert bad.returncode == 2 and "unknown analysis 'skewnes'" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_name_from_argv():
+    from stimopt.analyze.app import _name_from_argv
+
+    assert _name_from_argv(["screen", "screen.k=5"]) == ["screen.k=5", "analysis=screen"]
+    assert _name_from_argv(["--cfg", "job", "skewness", "units=all"]) == ["--cfg", "job", "units=all", "analysis=skewness"]
+    assert _name_from_argv(["-m", "skewness", "target.layer=blocks.1,blocks.2"])[-1] == "analysis=skewness"
+    assert _name_from_argv(["units=all"]) == ["units=all"]
