@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(os.path.relpath(Path(__file__).parent / "results"))  # relative: no machine paths in the results
 
 
 def main() -> None:
@@ -40,7 +41,7 @@ def main() -> None:
             "n_units": len(pre["units"]), "median_kappa_pre_relu": pre["median_kappa"],
             "two_tailed_pre_relu": pre["n_two_tailed"], "median_kappa_post_relu": post["median_kappa"],
             "one_tailed_post_relu": post["n_one_tailed"], "seconds": round(time.time() - t0, 1),
-            "results": str(out.relative_to(RESULTS.parent.parent)),
+            "results": str(out),
         }
         s = summary["layers"][layer]
         print(f"{layer}: {s['n_units']} units, median kappa pre-ReLU {s['median_kappa_pre_relu']:.2f} "
