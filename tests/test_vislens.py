@@ -212,3 +212,56 @@ def test_fit_image_vae_through_stimopt_fit_and_run(tmp_path):
              "budget=8", "batch_size=4", "target.model=resnet18", "target.weights=random", "target.layer=layer2",
              "target.input_size=32", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_slerp_and_signed_alphas():
+    from types import SimpleNamespace
+
+    from stimopt_plugins.vislens import Landscape, LatentSpace, PriorShift
+    from stimopt_plugins.vislens.prior_shift import slerp
+
+    rng = np.random.default_rng(0)
+    z, mu = rng.normal(size=(5, 6)), np.ones(6)
+    assert np.allclose(slerp(np.zeros(5), z, mu), z) and np.allclose(slerp(np.ones(5), z, mu), np.tile(mu, (5, 1)))
+    half = slerp(np.full(5, 0.5), z, mu)
+    cos = lambda a, b: (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)  # noqa: E731
+    assert np.allclose(cos(half, z), cos(half, np.tile(mu, (5, 1))))  # halfway along the arc
+    mask = np.array([1, 1, 1, 0, 0, 0], np.float32)
+    land = Landscape(code="latent", prior="activation", reference_codes=z.astype(np.float32), mu_pos=mask, mu_neg=-mask, mask=mask)
+    opt = PriorShift(alphas=[1.0, -1.0])
+    opt.setup(LatentSpace(dim=6, landscape=land), seed=0, budget=10, batch_size=10)
+    opt.bind(SimpleNamespace(direction="min"))
+    out = opt.ask(10)
+    assert np.allclose(out[:5, :3], -1) and np.allclose(out[5:, :3], 1)  # +1: mu_neg (min); -1: the other prior
+    assert np.allclose(out[:, 3:], np.tile(z[:, 3:], (2, 1)))  # dims without the prior never move
+    with pytest.raises(StimoptError, match="slerp or linear"):
+        PriorShift(interpolation="cubic")
+
+
+def test_fit_landscape_from_a_recorded_response_table(tmp_path):
+    """model.responses: a landscape fit straight from a recorded table (no target), then run."""
+    from stimopt.fit import compose_fit, run_fit
+    from stimopt.natural import natural_crops
+    from stimopt_plugins.vislens import ImageVAEGenerator, PriorShift
+
+    imgs = natural_crops(160, 16, seed=1)
+    r = PlantedTarget().evaluate(imgs).numpy()
+    np.savez(tmp_path / "imgs.npz", images=(imgs.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))
+    noise = np.random.default_rng(0).normal(0, 0.01, size=(160, 2))
+    table = np.stack([-r, r], 1) + noise  # column "redness" is the planted response
+    table[3, 1] = np.nan  # never recorded: left out
+    np.savez(tmp_path / "resp.npz", responses=table, names=np.array(["other", "redness"]))
+    common = ["model=vislens_vae", "model.kind=image", "model.latent_dim=8", "model.prior_dims=4", "model.image_size=16",
+              "model.target_size=16", f"model.images={tmp_path / 'imgs.npz'}", "model.epochs=12", "model.lr=3e-3",
+              "model.batch_size=64", "model.w_recon=0.0013", "model.w_kld=0.01", "model.n_references=8", "device=cpu"]
+    rep = run_fit(compose_fit([*common, f"model.responses={tmp_path / 'resp.npz'}", "model.output=redness"]), tmp_path / "fit")
+    assert rep["target"].startswith("recorded") and "redness" in rep["target"] and rep["n_train"] + rep["n_val"] == 159
+    assert rep["train"]["separation_auc"] > 0.8
+    gen = ImageVAEGenerator(rep["checkpoint"], size=16, device="cpu")
+    for direction, sign in (("max", 1), ("min", -1)):
+        resp = run_trio(gen, PlantedTarget(), PriorShift(alphas=[0.0, 1.0]), direction, budget=16, batch=8)
+        assert sign * (resp[8:].mean() - resp[:8].mean()) > 0
+    with pytest.raises(StimoptError, match="not a column"):
+        run_fit(compose_fit([*common, f"model.responses={tmp_path / 'resp.npz'}", "model.output=nope"]), tmp_path / "bad")
+    with pytest.raises(StimoptError, match="needs model.images"):
+        run_fit(compose_fit([*common[:6], *common[7:], f"model.responses={tmp_path / 'resp.npz'}"]), tmp_path / "bad2")

@@ -70,6 +70,43 @@ def ridge_direction(emb: torch.Tensor, r: np.ndarray, alpha=1.0) -> dict:
             "b": b, "alpha": float(chosen[0]), "r2_train": float(r2)}
 
 
+def recorded_responses(m, source: str, size: int) -> tuple[torch.Tensor, np.ndarray, str]:
+    """(images, responses [N], description) from a recorded response table (``model.responses``)
+    and the images it belongs to (``model.images``: folder, .zip or .npy/.npz, in table order),
+    read with stimopt.responses' loaders as stimopt-fit's data config reads them. ``model.output``
+    picks a column (index or name; null = the mean of the columns); images never recorded there
+    (NaN) are left out."""
+    from stimopt import responses as R
+
+    fmt = str(m.get("format", "table"))
+    if fmt == "table":
+        table, names = R.load_table(m.responses, str(m.get("key", "responses")))
+    elif fmt == "nsd":
+        table, names = R.load_nsd(m.responses, m.get("rois"))
+    elif fmt == "things_eeg":
+        table, names = R.load_things_eeg(m.responses, m.get("channels"), tuple(m.get("window", (0.1, 0.2))))
+    else:
+        raise StimoptError(f"model.format must be table, nsd or things_eeg, got '{fmt}'")
+    if source == "natural":
+        raise StimoptError("model.responses needs model.images: the folder/.zip/.npz of the images the responses were recorded to")
+    images = R.load_images(source, size)
+    if len(images) != len(table):
+        raise StimoptError(f"{len(images)} images but the response table {m.responses} has {len(table)} rows; they must match")
+    out = m.get("output")
+    if out is None:
+        r, col = np.nanmean(table, axis=1), "mean of " + ", ".join(names)
+    else:
+        k = names.index(str(out)) if str(out) in names else int(out) if str(out).lstrip("-").isdigit() else None
+        if k is None or not -len(names) <= k < len(names):
+            raise StimoptError(f"model.output={out} is not a column of {m.responses} (columns: {', '.join(names)})")
+        r, col = table[:, k], names[k]
+    ok = np.isfinite(r)
+    if ok.sum() < 4:
+        raise StimoptError(f"{m.responses}: only {int(ok.sum())} images have a response in column '{col}'; a landscape needs more")
+    idx = np.flatnonzero(ok)
+    return images[idx], r[idx].astype(np.float64), f"recorded {m.responses} ({fmt}: {col}; {len(idx)} images)"
+
+
 def fit_vislens_vae(cfg, out_dir: Path) -> dict:
     """Fit a Vis-Lens landscape: images -> target responses (+ CLIP embeddings) -> VAE with the
     activation (or standard) prior. Writes ``vislens_vae.pt`` (model, prior, references,
@@ -89,11 +126,17 @@ def fit_vislens_vae(cfg, out_dir: Path) -> dict:
     source = m.get("images") or (cfg.get("data") or {}).get("images") or "natural"
     n = int(m.n_images)
     size = int(m.image_size) if kind == "clip" else max(int(m.image_size), int(m.get("target_size", 128)))
-    images, cache_dir = load_images(str(source), n, size, seed)
-    target = build("target", m.target, device=str(cfg.get("device", "auto")))
-    r = target_responses(target, images, output=m.get("output"))
-    if not np.isfinite(r).all():
-        raise StimoptError(f"the target returned NaN/inf for {int((~np.isfinite(r)).sum())} images; check the target config")
+    target = None
+    if m.get("responses"):
+        images, r, described = recorded_responses(m, str(source), size)
+        cache_dir = None  # CLIP embeddings are cached in the fit's out dir, not beside the recorded data
+    else:
+        images, cache_dir = load_images(str(source), n, size, seed)
+        target = build("target", m.target, device=str(cfg.get("device", "auto")))
+        r = target_responses(target, images, output=m.get("output"))
+        described = target.describe()
+        if not np.isfinite(r).all():
+            raise StimoptError(f"the target returned NaN/inf for {int((~np.isfinite(r)).sum())} images; check the target config")
     if kind == "clip":
         from stimopt_plugins.vislens.clip import ClipEmbedder, cached_embeddings
 
@@ -117,7 +160,7 @@ def fit_vislens_vae(cfg, out_dir: Path) -> dict:
     model.cpu()
     report = {
         "kind": kind, "prior": spec.prior, "latent_dim": spec.latent_dim, "n_train": int(len(train)), "n_val": int(n_val),
-        "images": str(source), "target": target.describe(),
+        "images": str(source), "target": described,
         "loss_first_epoch": history[0]["loss"], "loss_last_epoch": history[-1]["loss"],
         "train": landscape_report(model, x[train], r[train.numpy()], spec),
         "val": landscape_report(model, x[val], r[val.numpy()], spec),
@@ -140,5 +183,6 @@ def fit_vislens_vae(cfg, out_dir: Path) -> dict:
     v = report["val"]
     report["summary"] = (f"vislens_vae ({kind}, {spec.prior} prior): val recon R^2 {v['recon_r2']:.3f}, "
                          f"separation AUC {v['separation_auc']:.3f}, probe AUC {v['probe_auc']:.3f}")
-    target.close()
+    if target is not None:
+        target.close()
     return report

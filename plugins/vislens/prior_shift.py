@@ -90,19 +90,44 @@ class _ScheduleOptimizer(stimopt.Optimizer):
         self.best_score, self.best, self.toward = state["best_score"], state["best"], state["toward"]
 
 
-class PriorShift(_ScheduleOptimizer):
-    """The paper's latent modification: z' = z + alpha * mask * (mu_dir - z), mu_dir = mu_pos (max) or mu_neg (min).
+def slerp(alpha: np.ndarray, z: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """Spherical interpolation of rows z [B, d] toward mu [d] by alpha [B] (Algorithm 2's slerp):
+    the angle moves by alpha of the angle between them and the norm goes linearly from |z| to
+    |mu|; alpha 0 is z, 1 is mu. Rows (nearly) parallel to mu fall back to linear interpolation."""
+    a = alpha[:, None].astype(np.float64)
+    nz = np.linalg.norm(z, axis=1, keepdims=True)
+    nm = float(np.linalg.norm(mu))
+    if nm == 0:
+        return z + a * (mu[None] - z)
+    u, v = z / np.maximum(nz, 1e-12), mu[None] / nm
+    omega = np.arccos(np.clip((u * v).sum(1, keepdims=True), -1.0, 1.0))
+    so = np.sin(omega)
+    lin = so < 1e-6
+    so = np.where(lin, 1.0, so)
+    d = np.where(lin, (1 - a) * u + a * v, (np.sin((1 - a) * omega) * u + np.sin(a * omega) * v) / so)
+    d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+    return d * ((1 - a) * nz + a * nm)
 
-    Only the dimensions that carry the activation prior move (all, unless the landscape was fit
-    with ``prior_dims``); alpha 0 is the reference itself (the baseline of the report).
+
+class PriorShift(_ScheduleOptimizer):
+    """The paper's latent modification (Algorithm 2): move the prior dims of each reference code
+    toward mu_dir (mu_pos for max, mu_neg for min) by alpha, spherically (``slerp``, the paper's
+    rule and the default) or linearly (``linear``: z + alpha (mu_dir - z)).
+
+    A negative alpha moves by |alpha| toward the *other* prior, so a sweep over -1..1 runs from
+    the opposite prior through the reference (alpha 0, the report's baseline) to mu_dir, as in
+    the paper's Fig. 3B. Only the dimensions that carry the activation prior move.
     """
 
-    def __init__(self, alphas=(0.0, 0.25, 0.5, 0.75, 1.0), n_references: int | None = None, direction: str = "auto"):
+    def __init__(self, alphas=(0.0, 0.25, 0.5, 0.75, 1.0), n_references: int | None = None, direction: str = "auto",
+                 interpolation: str = "slerp"):
         super().__init__(direction)
         self.steps = [float(a) for a in alphas]
         if not self.steps:
             raise StimoptError("optimizer.alphas must list at least one interpolation weight")
-        self.n_references = n_references
+        if interpolation not in ("slerp", "linear"):
+            raise StimoptError(f"optimizer.interpolation must be slerp or linear, got '{interpolation}'")
+        self.n_references, self.interpolation = n_references, interpolation
 
     def setup(self, space, *, seed, budget, batch_size):
         super().setup(space, seed=seed, budget=budget, batch_size=batch_size)
@@ -112,8 +137,17 @@ class PriorShift(_ScheduleOptimizer):
             raise StimoptError("prior_shift needs a landscape fit with the activation prior; this checkpoint was fit with prior=standard (which has no mu_pos/mu_neg)")
 
     def _edit(self, alpha, z):
-        mu = self.land.mu_pos if self.toward == "max" else self.land.mu_neg
-        return z + alpha[:, None] * self.land.mask[None] * (mu[None] - z)
+        m = self.land.mask > 0
+        toward, away = (self.land.mu_pos, self.land.mu_neg) if self.toward == "max" else (self.land.mu_neg, self.land.mu_pos)
+        out = np.array(z, dtype=np.float64)
+        for sign, mu in ((alpha >= 0, toward), (alpha < 0, away)):
+            if sign.any():
+                a, zz = np.abs(alpha[sign]).astype(np.float64), out[sign][:, m]
+                sub = slerp(a, zz, mu[m]) if self.interpolation == "slerp" else zz + a[:, None] * (mu[m][None] - zz)
+                rows = out[sign]
+                rows[:, m] = sub
+                out[sign] = rows
+        return out
 
 
 class BrainActiv(_ScheduleOptimizer):
