@@ -211,3 +211,41 @@ def test_experiment_preset_records_missing_trials_and_goes_on(compose):
     cfg = compose(["experiment=rig", "target.rig_dir=somewhere"])
     assert cfg.target._target_ == "stimopt_plugins.rig.RigTarget" and cfg.on_bad_response == "skip"
     assert compose(["target=rig"]).on_bad_response == "stop"  # plain target=rig keeps the global default
+
+
+def _psychopy_client():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "clients" / "psychopy_client.py"
+    spec = importlib.util.spec_from_file_location("psychopy_client", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_psychopy_client_protocol_with_a_fake_window(tmp_path):
+    """examples/clients/psychopy_client.py without PsychoPy: its protocol part with a fake display
+    (PsychoPyDisplay itself, the window and the flips, is not tested here)."""
+    client = _psychopy_client()
+
+    class FakeDisplay:
+        shown = []
+
+        def show(self, image):
+            self.shown.append(image.name)
+
+    def recorder(index, repeat):
+        return None if (index, repeat) == (1, 0) else [float(10 * index + repeat)]  # one failed trial
+
+    display = FakeDisplay()
+    t = threading.Thread(target=client.serve, args=(tmp_path, display, recorder, 10.0, 0.01, 1), daemon=True)
+    t.start()
+    target = RigTarget(tmp_path, timeout_s=10, presentations=2, poll_s=0.01)
+    r = target.evaluate(images(3))
+    t.join(5)
+    np.testing.assert_allclose(r, [0.5, 11.0, 20.5])  # index 1: its one valid trial
+    assert display.shown == ["img_0000.png", "img_0001.png", "img_0002.png"] * 2
+    assert target.last["trials"] == 5 and target.last["done_line"] and not target.last["timed_out"]
+    assert client.pending(tmp_path, client.read_presented(tmp_path)) == []  # not presented again on restart
+    assert json.loads(client.trial_line(0, 1, 2, {"spikes": [[0.1, 0.15]]})) == {"generation": 0, "index": 1, "repeat": 2, "spikes": [[0.1, 0.15]]}
