@@ -104,6 +104,7 @@ def test_live_page_follows_a_run_that_is_killed_and_resumed(browser, session, se
                  timeout=60, message="the best stimuli to load")
         assert browser.find_elements("css selector", "#missing svg rect")
         assert browser.find_elements("css selector", "#trajectory svg path")
+        assert writer.poll() is None  # the writer never failed (no lock) while the page read along
     finally:
         writer.send_signal(signal.SIGKILL)
         writer.wait(10)
