@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stimopt_plugins.rig.inbox import MAX_COUNT, MAX_LINE_BYTES, InboxReader
+from stimopt_plugins.rig.inbox import MAX_COUNT, MAX_LINE_BYTES, MAX_SPIKE_S, InboxReader
 
 N_FILES = 2000
 
@@ -25,8 +25,31 @@ def _is_int(v) -> bool:
     return type(v) is int or (type(v) is float and math.isfinite(v) and v == int(v))
 
 
-def reference_kind(text: bytes, g: int, rid: str, n: int, c: int):
-    """'done', ('trial', index, repeat, counts) or the kind of a rejected line."""
+def reference_spikes(rec: dict, c: int, window, baseline_window):
+    """stimopt-rig/2: (window counts, baseline counts) from "spikes", or the kind of a rejected line."""
+    if "count" in rec or "counts" in rec or window is None:
+        return "malformed"
+    trains = rec["spikes"]
+    if type(trains) is not list or len(trains) != c:
+        return "malformed"
+    counts, base = [], []
+    for times in trains:  # channel by channel: the first bad channel decides
+        if type(times) is not list or any(type(t) not in (int, float) for t in times):
+            return "malformed"
+        try:
+            ts = [float(t) for t in times]
+        except OverflowError:
+            return "invalid"
+        if not all(abs(t) <= MAX_SPIKE_S for t in ts):  # NaN fails this too
+            return "invalid"
+        counts.append(float(sum(window[0] <= t < window[1] for t in ts)))
+        if baseline_window:
+            base.append(float(sum(baseline_window[0] <= t < baseline_window[1] for t in ts)))
+    return counts, (base if baseline_window else None)
+
+
+def reference_kind(text: bytes, g: int, rid: str, n: int, c: int, window=None, baseline_window=None):
+    """'done', ('trial', index, repeat, counts[, baseline]) or the kind of a rejected line."""
     try:
         rec = json.loads(text)
     except Exception:  # noqa: BLE001
@@ -42,6 +65,9 @@ def reference_kind(text: bytes, g: int, rid: str, n: int, c: int):
     index, repeat = rec.get("index"), rec.get("repeat", 0)
     if not (_is_int(index) and 0 <= index < n and _is_int(repeat) and repeat >= 0):
         return "malformed"
+    if "spikes" in rec:
+        got = reference_spikes(rec, c, window, baseline_window)
+        return got if isinstance(got, str) else ("trial", int(index), int(repeat), got[0], got[1])
     if ("count" in rec) == ("counts" in rec):
         return "malformed"
     counts = rec["counts"] if "counts" in rec else [rec["count"]]
@@ -57,11 +83,11 @@ def reference_kind(text: bytes, g: int, rid: str, n: int, c: int):
     return ("trial", int(index), int(repeat), [float(v) for v in counts])
 
 
-def reference(data: bytes, g, rid, n, c, repeats):
+def reference(data: bytes, g, rid, n, c, repeats, window=None, baseline_window=None):
     lines = data.split(b"\n")
     terminated = [True] * (len(lines) - 1) + [False]  # the piece after the last newline is unterminated
     used, kinds, seen, per_image, done = [], {}, set(), [0] * n, False
-    sums = np.zeros((n, c))
+    sums, base_sums, base_cnt = np.zeros((n, c)), np.zeros((n, c)), np.zeros(n)
     for no, (raw, term) in enumerate(zip(lines, terminated), 1):
         text = raw.strip()
         if len(raw) > MAX_LINE_BYTES:
@@ -72,7 +98,7 @@ def reference(data: bytes, g, rid, n, c, repeats):
         if done:
             kinds[no] = "after_done"
             continue
-        got = reference_kind(text, g, rid, n, c)
+        got = reference_kind(text, g, rid, n, c, window, baseline_window)
         if got == "done":
             done = True
         elif isinstance(got, str):
@@ -86,11 +112,15 @@ def reference(data: bytes, g, rid, n, c, repeats):
             else:
                 per_image[got[1]] += 1
                 sums[got[1]] += got[3]
+                if len(got) > 4 and got[4] is not None:
+                    base_sums[got[1]] += got[4]
+                    base_cnt[got[1]] += 1
                 used.append(no)
     cnt = np.array(per_image, float)
     with np.errstate(invalid="ignore"):
         means = np.where(cnt[:, None] > 0, sums / np.maximum(cnt, 1)[:, None], np.nan)
-    return used, kinds, means
+        base = np.where(base_cnt[:, None] > 0, base_sums / np.maximum(base_cnt, 1)[:, None], np.nan)
+    return used, kinds, means, base
 
 
 # -- hostile lines ---------------------------------------------------------------------------------
@@ -108,6 +138,13 @@ class Lab:
         rng.shuffle(self.slots)
         self.fresh = 4  # repeat numbers past the shuffled ones: every trial made has its own (index, repeat)
         self.valid: list[str] = []
+        # stimopt-rig/2 in a third of the files: spike times counted in a window (and a baseline)
+        self.window = (0.05, 0.2) if rng.random() < 0.33 else None
+        self.baseline_window = (-0.1, 0.0) if self.window and rng.random() < 0.6 else None
+
+    def spikes(self) -> list[list[float]]:
+        r = self.rng
+        return [sorted(round(r.uniform(-0.2, 0.4), 4) for _ in range(r.randint(0, 12))) for _ in range(self.c)]
 
     def rec(self, index=None, repeat=None, counts=None, **extra) -> dict:
         r = self.rng
@@ -123,7 +160,10 @@ class Lab:
             rec["note"] = r.choice(UNICODE) * r.randint(1, 3)
         if r.random() < 0.1:
             rec["generation"] = float(self.g)
-        if self.c == 1 and r.random() < 0.2:
+        if self.window and r.random() < 0.6:
+            rec.pop("counts")
+            rec["spikes"] = self.spikes()
+        elif self.c == 1 and r.random() < 0.2:
             rec["count"] = rec.pop("counts")[0]
         rec.update(extra)
         keys = list(rec)
@@ -140,7 +180,7 @@ class Lab:
 
     def bad(self) -> list[str]:
         r, base = self.rng, self.dump(self.rec())
-        kind = r.randrange(16)
+        kind = r.randrange(18)
         if kind == 0:  # truncation
             return [base[: r.randrange(1, len(base))]]
         if kind == 1:  # two objects on one line
@@ -184,6 +224,18 @@ class Lab:
         if kind == 14:  # a flipped character
             k = r.randrange(len(base))
             return [base[:k] + chr(r.randrange(32, 127)) + base[k + 1:]]
+        if kind == 16:  # spike times of the wrong form (or without a window, or with counts too)
+            rec = self.rec()
+            rec["spikes"] = r.choice([self.spikes(), self.spikes() + [[0.1]], [], {}, None, [0.1] * self.c,
+                                      [["0.1"]] * self.c, [[True]] * self.c, [[0.1, [0.2]]] * self.c])
+            return [self.dump(rec)]
+        if kind == 17:  # spike times out of range: NaN, Infinity, far from the onset, huge integers
+            value = r.choice(["NaN", "Infinity", "-Infinity", str(MAX_SPIKE_S * 2), "-1e300", "9" * 400, "0.1", "-0.05"])
+            trains = [[str(round(r.uniform(0, 0.3), 3))] * r.randint(0, 3) for _ in range(self.c)]
+            trains[r.randrange(self.c)].append(value)
+            rec = self.rec()
+            rec.pop("counts", None), rec.pop("count", None)
+            return [self.dump(rec).rstrip("}") + ', "spikes": [' + ", ".join("[" + ", ".join(t) + "]" for t in trains) + "]}"]
         return [r.choice(["", " ", "\t", "\r"])]  # blank
 
 
@@ -204,7 +256,8 @@ def inbox_file(rng: random.Random) -> tuple[Lab, bytes]:
 
 
 def read_in_chunks(path: Path, data: bytes, lab: Lab, rng: random.Random) -> InboxReader:
-    reader = InboxReader(path, lab.g, lab.rid, lab.n, lab.c, lab.repeats)
+    reader = InboxReader(path, lab.g, lab.rid, lab.n, lab.c, lab.repeats, window=lab.window,
+                         baseline_window=lab.baseline_window)
     cuts = sorted(rng.sample(range(len(data) + 1), min(len(data) + 1, rng.randint(0, 4))))
     with open(path, "wb") as f:
         reader.poll()  # before anything is written (the file exists, empty)
@@ -228,11 +281,12 @@ def check(reader: InboxReader, lab: Lab, data: bytes) -> tuple[int, int]:
     assert reader.n_lines == len(nonblank) == len(reader.used) + len(reader.rejected) + reader.done_lines
     assert set(got_kinds) | set(reader.used) <= set(nonblank)
     assert all(isinstance(e["reason"], str) and isinstance(e["text"], str) for e in reader.rejected)
-    used, kinds, means = reference(data, lab.g, lab.rid, lab.n, lab.c, lab.repeats)
+    used, kinds, means, base = reference(data, lab.g, lab.rid, lab.n, lab.c, lab.repeats, lab.window, lab.baseline_window)
     assert reader.used == used
     assert got_kinds == kinds
     mean, _ = reader.responses()
     assert np.array_equal(mean, means, equal_nan=True)  # the same sums in the same order: exactly equal
+    assert np.array_equal(reader.baselines(), base, equal_nan=True)
     assert sum(reader.stats.values()) == len(reader.used) + len(reader.rejected)
     return len(nonblank), len(used)
 
@@ -259,7 +313,8 @@ def test_the_lab_s_valid_lines_survive_any_hostile_neighbour(tmp_path):
         lines = []
         for _ in range(rng.randint(1, 20)):
             bad = lab.bad()
-            if any(reference_kind(b.encode("utf-8", "surrogatepass").strip(), lab.g, lab.rid, lab.n, lab.c)
+            if any(reference_kind(b.encode("utf-8", "surrogatepass").strip(), lab.g, lab.rid, lab.n, lab.c, lab.window,
+                                  lab.baseline_window)
                    not in ("malformed", "invalid", "other_generation") for b in bad if b.strip()):
                 continue  # this one happened to be valid (a splice, a duplicate) or a done line
             lines += bad + [lab.good()]
@@ -280,7 +335,9 @@ trial_like = st.fixed_dictionaries(
     {"generation": st.sampled_from([0, 1, 0.0, True, "0", None]), "index": st.one_of(st.integers(-2, 5), json_values),
      "counts": st.one_of(st.lists(st.one_of(st.integers(-5, 10**400), st.floats()), min_size=1, max_size=3), json_values)},
     optional={"repeat": st.one_of(st.integers(-1, 5), json_values), "done": json_values, "request_id": json_values,
-              "count": json_values})
+              "count": json_values,
+              "spikes": st.one_of(st.lists(st.lists(st.one_of(st.floats(), st.integers(-10**5, 10**400)), max_size=4),
+                                           max_size=3), json_values)})
 line = st.one_of(trial_like.map(json.dumps), json_values.map(json.dumps), st.text(max_size=40),
                  st.binary(max_size=40).map(lambda b: b.decode("latin-1")))
 

@@ -27,12 +27,13 @@ _RID = re.compile(r"^[0-9a-f]{16}$")
 
 def _crash_point(stage: str, g: int) -> None:
     """Fault injection for the kill-loop test: ``STIMOPT_RIG_CRASH=stage:generation:delay_s`` SIGKILLs
-    this process ``delay_s`` after it reaches ``stage`` (outbox|wait|read|commit) of that generation."""
+    this process ``delay_s`` after it first reaches ``stage`` (outbox|wait|read|commit) of that
+    generation (``*``: of any)."""
     spec = os.environ.get("STIMOPT_RIG_CRASH")
     if not spec:
         return
     want, gen, delay = (spec.split(":") + ["", "0"])[:3]
-    if want == stage and str(g) == gen:
+    if want == stage and gen in (str(g), "*"):
         os.environ.pop("STIMOPT_RIG_CRASH")
         import signal
         import threading
@@ -127,6 +128,7 @@ class RigTarget(stimopt.Target):
         tmp = outbox / f".{gen_name(g)}.tmp"
         self.folder.remove_own(tmp)
         tmp.mkdir()
+        _crash_point("outbox", g)
         files = write_images(tmp, pixels, self.image_format, self.png_compress_level)
         manifest = {
             "protocol": PROTOCOL_WINDOWS if self.window else PROTOCOL, "generation": g, "request_id": rid,
@@ -137,7 +139,6 @@ class RigTarget(stimopt.Target):
         }
         if self.window:
             manifest.update(window=list(self.window), baseline_window=self.baseline_window and list(self.baseline_window))
-        _crash_point("outbox", g)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         os.replace(tmp, folder)  # atomic: the lab sees the whole generation or nothing
         return True, manifest
