@@ -24,6 +24,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1500)
     p.add_argument("--layer", default="blocks.3")
     p.add_argument("--units", default="[0,5,10,15,20,25,30,35,40,45,50,55,60,65,70,75]")
+    p.add_argument("--only", nargs="+", default=None, help="rerun these analyses on the existing screen (merged into the summary)")
     args = p.parse_args()
     from stimopt.analyze.app import compose_analyze, context_from_config, run_analysis
 
@@ -39,7 +40,11 @@ def main() -> None:
     }
     summary = {"model": "efficientnet_lite0 (offline ImageNet weights)", "layer": args.layer, "units": args.units,
                "n_images": args.n, "bank": "demo", "analyses": {}}
+    if args.only and (RESULTS / "analyze_screen.json").exists():
+        summary = json.loads((RESULTS / "analyze_screen.json").read_text())
     for name, extra in steps.items():
+        if args.only and name not in args.only:
+            continue
         cfg = compose_analyze([f"analysis={name}", *base, *extra])
         t0 = time.time()
         done = run_analysis(name, context_from_config(cfg, out))
