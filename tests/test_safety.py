@@ -234,3 +234,26 @@ def test_resume_true_refuses_a_planted_non_store(tmp_path):
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("stimopt: error:")]
     assert proc.returncode == 2 and len(errors) == 1 and "not a valid store" in errors[0], proc.stderr
     assert not (tmp_path / "marker").exists()
+
+
+def test_every_bank_optimizer_state_round_trips_without_pickle():
+    from stimopt import plugins
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 16)).astype(np.float32)
+    graph = np.argsort(((x[:, None] - x[None]) ** 2).sum(-1), 1)[:, 1:9]
+    space = stimopt.BankSpace(size=400, features=x, graph=graph, coresets=(np.arange(0, 400, 7),))
+    plugins.load_plugins()
+    checked = []
+    for name, (cls, _) in sorted(plugins.registry()["optimizer"].items()):
+        if not isinstance(space, cls.accepts):
+            continue
+        a, b = cls(), cls()
+        a.setup(space, seed=0, budget=60, batch_size=10)
+        b.setup(space, seed=0, budget=60, batch_size=10)
+        for _ in range(3):
+            a.tell(np.asarray(a.ask(10)), rng.standard_normal(10))
+        b.load_state_dict(state.loads(state.dumps(a.state_dict())))
+        np.testing.assert_array_equal(np.asarray(a.ask(10)), np.asarray(b.ask(10)))
+        checked.append(name)
+    assert {"random", "walk"} <= set(checked)
