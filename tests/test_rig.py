@@ -249,3 +249,57 @@ def test_psychopy_client_protocol_with_a_fake_window(tmp_path):
     assert target.last["trials"] == 5 and target.last["done_line"] and not target.last["timed_out"]
     assert client.pending(tmp_path, client.read_presented(tmp_path)) == []  # not presented again on restart
     assert json.loads(client.trial_line(0, 1, 2, {"spikes": [[0.1, 0.15]]})) == {"generation": 0, "index": 1, "repeat": 2, "spikes": [[0.1, 0.15]]}
+
+
+def test_spike_times_counted_in_the_window_with_a_baseline(tmp_path):
+    """stimopt-rig/2: lines with spike times; the response is the count in target.window, the
+    baseline-window count is recorded per trial and per image in log.jsonl."""
+    sim = LabSim(tmp_path, weights="random", input_size=16, spikes=True, drop=0.2, seed=5)
+    th = lab_in_thread(sim)
+    target = RigTarget(tmp_path, timeout_s=20, presentations=2, poll_s=0.01, window=[0.05, 0.2], baseline_window=[-0.1, 0.0])
+    r = target.evaluate(images(5))
+    th.join(5)
+    manifest = json.loads((tmp_path / "outbox" / "gen_000000" / "manifest.json").read_text())
+    assert manifest["protocol"] == "stimopt-rig/2" and manifest["window"] == [0.05, 0.2]
+    lines = [json.loads(x) for x in (tmp_path / "inbox" / "gen_000000.jsonl").read_text().splitlines()][:-1]
+    win, base = np.zeros(5), np.zeros(5)
+    n = np.zeros(5)
+    for rec in lines:  # computed here from the spike times
+        t = np.asarray(rec["spikes"][0])
+        win[rec["index"]] += ((t >= 0.05) & (t < 0.2)).sum()
+        base[rec["index"]] += ((t >= -0.1) & (t < 0.0)).sum()
+        n[rec["index"]] += 1
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_allclose(r, win / np.where(n > 0, n, np.nan))
+    entry = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
+    got_base = np.array([np.nan if b[0] is None else b[0] for b in entry["baseline"]])
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_allclose(got_base, base / np.where(n > 0, n, np.nan))
+    assert len(entry["spike_trials"]) == len(lines) and entry["baseline_window"] == [-0.1, 0.0]
+    assert {"index", "repeat", "window", "baseline"} <= set(entry["spike_trials"][0])
+
+
+def test_count_only_clients_keep_working_with_a_window(tmp_path):
+    sim = LabSim(tmp_path, weights="random", input_size=16)  # a stimopt-rig/1 lab: counts, no spike times
+    th = lab_in_thread(sim)
+    target = RigTarget(tmp_path, timeout_s=20, poll_s=0.01, window=[0.05, 0.2])
+    r = target.evaluate(images(3))
+    th.join(5)
+    np.testing.assert_allclose(r, inbox_means(tmp_path, 0, 3)[:, 0])
+
+
+def test_spike_times_without_a_window_are_rejected_not_guessed(tmp_path):
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "inbox" / "gen_000000.jsonl").write_text(
+        '{"generation": 0, "index": 0, "spikes": [[0.1]]}\n{"generation": 0, "index": 1, "count": 3}\n{"generation": 0, "done": true}\n')
+    target = RigTarget(tmp_path, timeout_s=2, poll_s=0.01)
+    r = target.evaluate(images(2))
+    assert np.isnan(r[0]) and r[1] == 3 and target.last["malformed"] == 1
+    assert "no target.window" in (tmp_path / "rejected.jsonl").read_text()
+
+
+@pytest.mark.parametrize("kw", [{"window": [0.2, 0.05]}, {"window": "soon"}, {"window": [0, float("inf")]},
+                                {"baseline_window": [-0.1, 0]}, {"window": [0, 1], "baseline_window": [1]}])
+def test_bad_windows_are_one_line_errors(tmp_path, kw):
+    with pytest.raises(StimoptError, match="window"):
+        RigTarget(tmp_path, **kw)
