@@ -112,7 +112,9 @@ class UnitReader:
             return
         channels = self._channels() if n_out == 1 else n_out
         if channels is None:
-            raise StimoptError("units=[...] needs a multi-output target or a channel-map target with a 'unit' option (cnn_unit)")
+            noisy = " (with noise=, read one unit at a time: target.unit=N)" if hasattr(target, "inner") else ""
+            raise StimoptError("units=[...] needs a multi-output target or a channel-map target with a 'unit' option (cnn_unit)"
+                               + noisy)
         if units == "all":
             units = list(range(channels))
         units = [int(u) for u in (units if isinstance(units, (list, tuple)) else [units])]
