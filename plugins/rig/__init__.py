@@ -19,6 +19,12 @@ Protocol ``stimopt-rig/1`` (full text in docs/neural_targets.md), in ``rig_dir``
    own, integers that are integers, counts finite and in ``0..1e6``; every line not used is
    counted in ``log.jsonl`` and written to ``rejected.jsonl`` with its line number and reason.
 
+``stimopt-rig/2`` (``target.window`` set): a line may carry spike times (``"spikes": [[t, ...], ...]``,
+seconds after onset, per channel) instead of counts; they are counted in ``target.window`` (the
+response) and ``target.baseline_window`` (recorded in ``log.jsonl``). ``target.transport=zmq``
+(``zmqlink.py``): the manifest goes out and the trial lines come back as ZeroMQ messages, journalled
+into the same inbox file, so every rule above holds unchanged.
+
 The rig folder is shared with the lab's software: nothing is written, moved or read outside it
 (``paths.py``: a symlink that leaves it is refused in one line, a named pipe or a folder where a
 file is expected is never opened as one, whatever sits at ``outbox/gen_<g>`` is moved aside).
