@@ -303,3 +303,23 @@ def test_spike_times_without_a_window_are_rejected_not_guessed(tmp_path):
 def test_bad_windows_are_one_line_errors(tmp_path, kw):
     with pytest.raises(StimoptError, match="window"):
         RigTarget(tmp_path, **kw)
+
+
+def test_sim_drops_reorders_and_stale_lines_are_recorded_as_documented(tmp_path):
+    sim = LabSim(tmp_path, weights="random", input_size=16, drop=0.3, reorder=True, old_lines={1}, seed=11)
+    th = lab_in_thread(sim, n_generations=2)
+    target = RigTarget(tmp_path, timeout_s=20, presentations=3, poll_s=0.01)
+    x = images(10)
+    r0, r1 = target.evaluate(x), target.evaluate(images(10, seed=1))
+    th.join(5)
+    lines = [json.loads(v) for v in (tmp_path / "inbox" / "gen_000001.jsonl").read_text().splitlines()]
+    trials = [(v["index"], v["repeat"]) for v in lines if v["generation"] == 1 and "index" in v]
+    assert trials != sorted(trials, key=lambda t: (t[1], t[0]))  # reordered
+    assert len(trials) < 30  # dropped
+    np.testing.assert_allclose(r0, inbox_means(tmp_path, 0, 10)[:, 0])
+    np.testing.assert_allclose(r1, inbox_means(tmp_path, 1, 10)[:, 0])
+    log = [json.loads(v) for v in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert log[1]["other_generation"] == 10 and log[0]["other_generation"] == 0
+    assert log[1]["trials"] == len(trials) and log[1]["done_line"] and not log[1]["timed_out"]
+    rejected = [json.loads(v) for v in (tmp_path / "rejected.jsonl").read_text().splitlines()]
+    assert [e["kind"] for e in rejected] == ["other_generation"] * 10 and all(e["generation"] == 1 for e in rejected)
