@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BIN, FAST, cli_env, run_cli
+from conftest import FAST, cli_env, run_cli
 
 TINY_FIT = ["model.backbone=resnet18", "model.weights=random", "model.layer=layer2", "model.input_size=32", "data.size=32",
             "device=cpu"]
