@@ -62,8 +62,8 @@ def test_zmq_round_trip_with_faults_and_resume(tmp_path):
     assert len(journal.read_text().splitlines()) > lines_before
     presented = (tmp_path / "sim_presented.jsonl").read_text().splitlines()
     assert len(presented) == 1  # shown once
-    target.link.close()
-    again.link.close()
+    target.close()
+    again.close()
 
 
 def test_zmq_nobody_listening_times_out_with_nan(tmp_path):
@@ -72,7 +72,7 @@ def test_zmq_nobody_listening_times_out_with_nan(tmp_path):
     r = target.evaluate(images(3))
     assert time.monotonic() - t0 < 3 and np.isnan(r).all() and target.last["timed_out"]
     assert (tmp_path / "outbox" / "gen_000000" / "manifest.json").exists()  # images still in the shared folder
-    target.link.close()
+    target.close()
 
 
 def test_zmq_message_with_newlines_is_one_malformed_line(tmp_path):
@@ -96,7 +96,7 @@ def test_zmq_message_with_newlines_is_one_malformed_line(tmp_path):
     r = target.evaluate(images(2))
     t.join(5)
     router.close()
-    target.link.close()
+    target.close()
     assert np.isnan(r[0]) and r[1] == 4 and target.last["malformed"] == 1
 
 

@@ -243,5 +243,11 @@ class RigTarget(stimopt.Target):
         _crash_point("commit", g)
         return resp if self.n_outputs > 1 else resp[:, 0]
 
+    def close(self) -> None:
+        if self.link is not None:
+            self.link.close()
+            self.link = None
+
     def describe(self) -> str:
-        return f"rig:{self.dir.name}(presentations={self.repeats}, channels={self.n_outputs}, timeout={self.timeout_s:g}s)"
+        extra = (f", zmq={self.endpoint}" if self.transport == "zmq" else "") + (f", window={list(self.window)}" if self.window else "")
+        return f"rig:{self.dir.name}(presentations={self.repeats}, channels={self.n_outputs}, timeout={self.timeout_s:g}s{extra})"
