@@ -41,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--pca-dim", type=_none_or_int, default=None, help="reduce features with PCA before the graph")
     b.add_argument("--k", type=int, default=100, help="neighbours per image (paper: ~1,000 on 30M images)")
-    b.add_argument("--method", default="auto", choices=["auto", "exact", "ivf", "hnsw"])
+    b.add_argument("--method", default="auto", choices=["auto", "exact", "ivf", "ivfpq", "ivfsq", "hnsw"],
+                   help="graph search: exact, ivf (IVF-Flat), ivfpq (IVF-PQ, d/4 bytes per image), ivfsq (IVF-SQ8), hnsw")
     b.add_argument("--nprobe", type=int, default=16)
     b.add_argument("--coresets", type=_none_or_int, default=None, help="number of coresets (default 10)")
     b.add_argument("--coreset-size", type=_none_or_int, default=None, help="images per coreset (default min(10k, N/20))")
