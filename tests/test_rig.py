@@ -323,3 +323,24 @@ def test_sim_drops_reorders_and_stale_lines_are_recorded_as_documented(tmp_path)
     assert log[1]["trials"] == len(trials) and log[1]["done_line"] and not log[1]["timed_out"]
     rejected = [json.loads(v) for v in (tmp_path / "rejected.jsonl").read_text().splitlines()]
     assert [e["kind"] for e in rejected] == ["other_generation"] * 10 and all(e["generation"] == 1 for e in rejected)
+
+
+def test_a_full_disk_while_writing_the_outbox_is_one_clear_line(tmp_path, monkeypatch):
+    import errno
+
+    import stimopt_plugins.rig.target as rig_target
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    target = RigTarget(tmp_path, timeout_s=1, poll_s=0.01)
+    monkeypatch.setattr(rig_target, "write_images", full)
+    with pytest.raises(StimoptError, match="cannot publish generation 0.*No space left on device.*resume") as exc:
+        target.evaluate(images(2))
+    assert "\n" not in str(exc.value)
+    assert not (tmp_path / "outbox" / "gen_000000").exists() and target.state_dict() == {"generation": 0}
+    monkeypatch.undo()  # space again: the same generation is published, nothing half-written is shown
+    th = lab_in_thread(LabSim(tmp_path, weights="random", input_size=16))
+    r = target.evaluate(images(2))
+    th.join(5)
+    assert np.isfinite(r).all() and target.last["published"]
