@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -21,8 +20,8 @@ from test_rig import inbox_means
 
 STAGES = ("outbox", "wait", "read", "commit")
 DELAYS = {"outbox": 0.02, "wait": 0.3, "read": 0.005, "commit": 0.05}  # the longest random delay per stage
-N_KILLS, BATCH, N_GEN = 20, 4, 10
-SIM = ["--input-size", "8", "--drop", "0.3", "--reorder", "--old-lines", "1,4", "--latency", "0.3",
+N_KILLS, BATCH, N_GEN = 20, 4, 24
+SIM = ["--input-size", "8", "--drop", "0.3", "--reorder", "--old-lines", "1,4,9,15", "--latency", "0.3",
        "--seed", "7", "--idle-exit", "600"]
 
 
