@@ -1,28 +1,26 @@
-"""Vis-Lens Table 3, in shape: edit natural crops to raise / lower a CNN unit with image VAEs.
+"""Vis-Lens Table 3 on EfficientNet-Lite0 units: edit natural crops to raise / lower a unit with image VAEs.
 
-    .venv/bin/python benchmarks/vislens_table3.py [--n-train 1500 --n-test 64 --epochs 30 --steps 100]
+    .venv/bin/python benchmarks/vislens_table3.py            # -> benchmarks/results/vislens_table3.json (+ docs strip)
 
-Target: the embedded default unit (EfficientNet-Lite0 blocks.3, unit 10, centre, 128 px, offline
-ImageNet weights). Images: random crops of the offline photographs (the paper used CIFAR-10).
-Two conv image VAEs (the paper's bottleneck CVAE, 32 px, 192-d latent) are fit to the same crops:
-one with the activation prior on its first ``--prior-dims`` latent dims (the "structured
-landscape"), one standard (N(0, I)). For each held-out crop and direction:
+Units: ``--units`` (layer:channel, centre position), default 3 units in each of blocks.3 and blocks.5,
+read at ``--input-size`` px. Images: random crops of the offline photographs at 32 px (the paper:
+CIFAR-10), upsampled for the target. One standard conv VAE (N(0, I); it does not depend on the
+unit) and, per unit, one structured VAE with the activation prior on its first ``--prior-dims``
+latent dims (the plugin's default prior otherwise). For each held-out crop, unit and direction:
 
-- structured landscape latent modification: ``prior_shift`` with alpha = 1 (z -> mu_pos/mu_neg on the prior dims);
-- structured landscape gradient descent: ``latent_gradient`` (Algorithm 3, lr 0.1, w_KLD 1e-3, sigma 0.1);
+- structured landscape latent modification: ``prior_shift`` (slerp, alpha ``--alpha``);
+- structured landscape gradient descent: ``latent_gradient kld=activation`` (Algorithm 3);
 - standard-VAE gradient descent: ``latent_gradient kld=standard`` on the standard VAE.
 
-Per method: mean response change (output - input, input = the 32 px crop as the VAE sees it) and
-mean cosine similarity of Lite0 pooled features between input and output (the paper: ResNet18).
-
-Part 2 compares prior_shift with the BrainACTIV baseline. CLIP ViT-H-14 and SD1.5 weights are not
-on this machine, so BrainACTIV runs in the one decodable unstructured embedding space we have: the
-standard VAE's latent (ridge from L2-normalized latents to responses, shift along +/- w/||w||, same
-``brainactiv`` optimizer code, decoded by the standard VAE). This is an analogue, said so in the table.
+Measures per method: delta r (output - input) in SD of the unit's training responses, against the
+input crop and against the unedited VAE reconstruction (which isolates the edit from decoder blur),
+the fraction of crops moved the asked way, the cosine of Lite0 pooled features between output and
+input, and a feature-space diversity (mean pairwise cosine distance of the outputs' features).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -32,43 +30,45 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stimopt.models import load_model
 from stimopt.natural import natural_crops
 from stimopt.objective import Objective
-from stimopt.models import load_model
 from stimopt_plugins.cnn import CNNUnit
-from stimopt_plugins.vislens import (
-    BrainActiv, ImageVAEGenerator, Landscape, LatentGradient, LatentSpace, PriorShift, ridge_direction, target_responses,
-)
+from stimopt_plugins.vislens import ImageVAEGenerator, LatentGradient, PriorShift, target_responses
 from stimopt_plugins.vislens.vae import ConvVAE, PriorSpec, encode_means, landscape_report, save_landscape, train_vae
 
+ROOT = Path(__file__).resolve().parent.parent
+PAPER = {  # CIFAR-10, ResNet18 similarity (Table 3)
+    "max": {"latent modification": (0.745, 0.046), "structured gradient descent": (0.666, 0.079), "standard gradient descent": (0.520, 0.067)},
+    "min": {"latent modification": (0.696, -0.083), "structured gradient descent": (0.661, -0.110), "standard gradient descent": (0.538, -0.068)},
+}
 
-def lite0_features():
+
+def lite0_features(size):
     model, mean, std = load_model("efficientnet_lite0")
     m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
 
     @torch.no_grad()
     def feats(x):
-        x = F.interpolate(x, size=(128, 128), mode="bilinear", align_corners=False)
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
         return model.forward_head(model.forward_features((x - m) / s), pre_logits=True)
 
     return feats
 
 
-def fit(prior, x, r, args, tmp, refs):
-    spec = PriorSpec(prior=prior, latent_dim=192, prior_dims=args.prior_dims, mu=1.0, lam=1.0)
+def fit(prior, x, r, args, path, refs):
+    spec = PriorSpec(prior=prior, latent_dim=args.latent_dim, prior_dims=args.prior_dims or None)
     spec.fit_normalization(r)
-    model = ConvVAE(32, 192)
-    hist = train_vae(model, x, r, spec, epochs=args.epochs, lr=args.lr, w_kld=args.w_kld, batch_size=128, seed=0)
-    path = Path(tmp) / f"{prior}.pt"
+    model = ConvVAE(32, args.latent_dim)
+    train_vae(model, x, r, spec, epochs=args.epochs, lr=args.lr, w_kld=args.w_kld, w_recon=args.w_recon, batch_size=64, seed=0)
     save_landscape(path, model, spec, references={
         "images": (refs * 255).round().to(torch.uint8), "codes": encode_means(model, refs), "responses": torch.zeros(len(refs)),
         "embeddings": None})
-    return path, hist, landscape_report(model, x, r, spec)
+    return landscape_report(model, x, r, spec)
 
 
-def edited(gen, opt, direction, n, asks=1):
-    """Codes of the last of ``asks`` asks of an optimizer run through the engine on gen's space for
-    ``direction`` (a white-box optimizer's gradient passes are evaluations too: the budget covers them)."""
+def edited(gen, opt, target, direction, n, asks=1):
+    """Codes of the last ask of an optimizer run through the engine (gradient passes count as evaluations)."""
     from stimopt.engine import Run
     from stimopt.store import RunStore
 
@@ -76,104 +76,116 @@ def edited(gen, opt, direction, n, asks=1):
     opt.setup(gen.space, seed=0, budget=budget, batch_size=n)
     with tempfile.TemporaryDirectory() as d:
         store = RunStore(Path(d) / "e.sqlite", synchronous="NORMAL")
-        Run(target=edited.target, generator=gen, optimizer=opt, objective=Objective(direction), store=store,
+        Run(target=target, generator=gen, optimizer=opt, objective=Objective(direction), store=store,
             budget=budget, batch_size=n, run_dir=Path(d)).run()
         codes = store.codes()[-n:]
         store.close()
     return codes
 
 
-def measure(gen, codes, x_in, r_in, target, feats):
-    """(mean delta r, cosine to the input, mean sign of delta r, cosine to the unedited VAE reconstruction)."""
-    with torch.no_grad():
-        out = gen.generate(codes)
-        recon = gen.generate(gen.space.landscape.reference_codes)
-        r_out = target.evaluate(out).numpy()
-        r_rec = target.evaluate(recon).numpy()
-        f_out = feats(out)
-        cos = F.cosine_similarity(f_out, feats(x_in), dim=1).numpy()
-        cos_rec = F.cosine_similarity(f_out, feats(recon), dim=1).numpy()
-    measure.last_dr_recon = float((r_out - r_rec).mean())
-    return float((r_out - r_in).mean()), float(cos.mean()), float((np.sign(r_out - r_in)).mean()), float(cos_rec.mean())
+@torch.no_grad()
+def measure(gen, codes, x_in, target, feats, sd, sign):
+    out = gen.generate(codes)
+    recon = gen.generate(gen.space.landscape.reference_codes)
+    r_out, r_in, r_rec = (np.asarray(target.evaluate(v), dtype=np.float64) for v in (out, x_in, recon))
+    f = feats(out)
+    fn = F.normalize(f, dim=1)
+    pair = 1 - fn @ fn.T
+    n = len(f)
+    return {"delta_r_sd": float((r_out - r_in).mean() / sd), "delta_r_vs_recon_sd": float((r_out - r_rec).mean() / sd),
+            "right_way": float((sign * (r_out - r_in) > 0).mean()), "right_way_vs_recon": float((sign * (r_out - r_rec) > 0).mean()),
+            "cosine": float(F.cosine_similarity(f, feats(x_in), dim=1).mean()),
+            "cosine_vs_recon": float(F.cosine_similarity(f, feats(recon), dim=1).mean()),
+            "diversity": float(pair.sum() / (n * (n - 1)))}, out
+
+
+def strip(path, rows):
+    """A PNG grid: each row reference -> reconstruction -> shifted (min) -> shifted (max)."""
+    from PIL import Image
+
+    grid = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1)
+    Image.fromarray((grid.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n-train", type=int, default=1500)
-    ap.add_argument("--n-test", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--units", default="blocks.3:10,blocks.3:20,blocks.3:30,blocks.5:5,blocks.5:15,blocks.5:25")
+    ap.add_argument("--n-train", type=int, default=600)
+    ap.add_argument("--n-test", type=int, default=16)
+    ap.add_argument("--input-size", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--w-kld", type=float, default=0.1)
-    ap.add_argument("--prior-dims", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=100, help="Adam steps of latent_gradient (paper: 10,000)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
+    ap.add_argument("--latent-dim", type=int, default=64)
+    ap.add_argument("--prior-dims", type=int, default=0, help="0 = all latent dims")
+    ap.add_argument("--w-kld", type=float, default=1.0)
+    ap.add_argument("--w-recon", type=float, default=1.0)
+    ap.add_argument("--alpha", type=float, default=1.0)
+    ap.add_argument("--steps", type=int, default=30, help="Adam steps of latent_gradient (paper: 10,000)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "vislens_table3.json"))
+    ap.add_argument("--strip", default=str(ROOT / "docs" / "vislens_strip.png"))
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(1)
     t0 = time.perf_counter()
     log = lambda msg: print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     torch.manual_seed(0)
-    target = CNNUnit("efficientnet_lite0", layer="blocks.3", unit=10, input_size=128, device="cpu")
-    edited.target = target
-    feats = lite0_features()
+    feats = lite0_features(args.input_size)
     crops = natural_crops(args.n_train + args.n_test, 128, seed=0)
     small = F.interpolate(crops, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
-    x_in = F.interpolate(small, size=(128, 128), mode="bilinear", align_corners=False)  # what the VAE can see
-    r_all = target_responses(target, x_in)
-    log("responses done")
-    sd = float(r_all[: args.n_train].std())
+    x_in = F.interpolate(small, size=(args.input_size,) * 2, mode="bilinear", align_corners=False)  # what the VAE can see
     tr, te = slice(0, args.n_train), slice(args.n_train, None)
+    n, asks = args.n_test, max(1, args.steps // 10)
+    results, strips = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        p_struct, h_s, rep_s = fit("activation", small[tr], r_all[tr], args, tmp, small[te])
-        log("structured VAE fit")
-        p_std, h_n, rep_n = fit("standard", small[tr], r_all[tr], args, tmp, small[te])
+        fit("standard", small[tr], np.zeros(args.n_train), args, Path(tmp) / "std.pt", small[te])
+        g_std = ImageVAEGenerator(str(Path(tmp) / "std.pt"), size=args.input_size, device="cpu")
         log("standard VAE fit")
-        g_struct = ImageVAEGenerator(str(p_struct), size=128, device="cpu")
-        g_std = ImageVAEGenerator(str(p_std), size=128, device="cpu")
-        n, xt, rt = args.n_test, x_in[te], r_all[te]
-        asks = max(1, args.steps // 10)
-        rows = []
-        for direction in ("max", "min"):
-            methods = {
-                "structured landscape latent modification": (g_struct, PriorShift(alphas=[1.0]), 1),
-                "structured landscape gradient descent": (g_struct, LatentGradient(kld="activation", steps_per_ask=10), asks),
-                "standard VAE gradient descent": (g_std, LatentGradient(kld="standard", steps_per_ask=10), asks),
-            }
-            for name, (gen, opt, k) in methods.items():
-                dr, cos, frac, cos_rec = measure(gen, edited(gen, opt, direction, n, k), xt, rt, target, feats)
-                rows.append((direction, name, cos, cos_rec, dr, dr / sd, frac, measure.last_dr_recon / sd))
-                log(f"{direction} {name}")
-        # Part 2: prior_shift vs BrainACTIV (analogue in the standard VAE latent).
-        mu_std = g_std.space.landscape.reference_codes
-        train_codes = encode_means(g_std.vae, small[tr])
-        ba = ridge_direction(train_codes, r_all[tr], alpha=1.0)
-        land = Landscape(code="clip", prior="standard", reference_codes=mu_std, brainactiv_w=ba["w"].numpy())
-        ba_space = LatentSpace(dim=g_std.space.dim, landscape=land)
-        rows2 = []
-        for direction in ("max", "min"):
-            for step in (0.5, 1.0):
-                ps = PriorShift(alphas=[step])
-                dr_ps, cos_ps, frac_ps, _ = measure(g_struct, edited(g_struct, ps, direction, n), xt, rt, target, feats)
-                rec_ps = measure.last_dr_recon
-                b = BrainActiv(steps=[step], direction=direction)
-                b.setup(ba_space, seed=0, budget=10**6, batch_size=n)
-                dr_b, cos_b, frac_b, _ = measure(g_std, b.ask(n), xt, rt, target, feats)
-                rows2.append((direction, step, dr_ps / sd, rec_ps / sd, cos_ps, dr_b / sd, measure.last_dr_recon / sd, cos_b))
-    print(f"# Vis-Lens Table 3 (shape) on {args.n_train} natural crops, {args.n_test} held-out; target Lite0 blocks.3[10]@centre")
-    print(f"# VAEs: conv 32 px, 192-d, {args.epochs} epochs, lr {args.lr}, w_kld {args.w_kld}, prior dims {args.prior_dims}; "
-          f"latent_gradient {asks * 10} Adam steps; response SD over crops = {sd:.3f}")
-    print(f"# structured VAE: train recon MSE {rep_s['recon_mse']:.4f}, separation AUC {rep_s['separation_auc']:.3f}; "
-          f"standard VAE: recon MSE {rep_n['recon_mse']:.4f}, separation AUC {rep_n['separation_auc']:.3f} (probe AUC {rep_n['probe_auc']:.3f})")
-    print("| direction | method | cosine to input (Lite0) | cosine to VAE reconstruction | mean delta r | delta r / SD | right-way* | delta r vs reconstruction / SD |")
-    print("|---|---|---|---|---|---|---|---|")
-    for d, name, cos, cos_rec, dr, drs, frac, drr in rows:
-        print(f"| {'positive' if d == 'max' else 'negative'} | {name} | {cos:.3f} | {cos_rec:.3f} | {dr:+.3f} | {drs:+.3f} | {frac if d == 'max' else -frac:+.2f} | {drr:+.3f} |")
-    print("*mean sign of the change, signed so that +1 = every image moved in the asked direction")
-    print()
-    print("| direction | step / alpha | prior_shift delta r / SD (vs input) | prior_shift (vs its VAE reconstruction) | prior_shift cos | BrainACTIV-analogue delta r / SD (vs input) | BrainACTIV-analogue (vs reconstruction) | BrainACTIV cos |")
-    print("|---|---|---|---|---|---|---|---|")
-    for d, s, a, ar, ca, b, br, cb in rows2:
-        print(f"| {'increase' if d == 'max' else 'decrease'} | {s} | {a:+.3f} | {ar:+.3f} | {ca:.3f} | {b:+.3f} | {br:+.3f} | {cb:.3f} |")
-    print(f"\n# wall {time.perf_counter() - t0:.0f} s (2 shared CPU cores, under contention). SD1.5 images/s: not measured (no GPU lent).")
+        for u in args.units.split(","):
+            layer, ch = u.split(":")
+            target = CNNUnit("efficientnet_lite0", layer=layer, unit=int(ch), input_size=args.input_size, device="cpu")
+            r = target_responses(target, x_in)
+            sd = float(r[tr].std())
+            rep = fit("activation", small[tr], r[tr], args, Path(tmp) / "s.pt", small[te])
+            g = ImageVAEGenerator(str(Path(tmp) / "s.pt"), size=args.input_size, device="cpu")
+            log(f"{u}: structured VAE fit, separation AUC {rep['separation_auc']:.3f}")
+            row = {"unit": u, "response_sd": sd, "separation_auc_train": rep["separation_auc"], "recon_r2_train": rep["recon_r2"]}
+            outs = {}
+            for direction, sign in (("max", 1), ("min", -1)):
+                methods = {
+                    "latent modification": (g, PriorShift(alphas=[args.alpha]), 1),
+                    "structured gradient descent": (g, LatentGradient(kld="activation", steps_per_ask=10), asks),
+                    "standard gradient descent": (g_std, LatentGradient(kld="standard", steps_per_ask=10), asks),
+                }
+                for name, (gen, opt, k) in methods.items():
+                    row[f"{direction}/{name}"], out = measure(gen, edited(gen, opt, target, direction, n, k), x_in[te], target, feats, sd, sign)
+                    outs[(direction, name)] = out
+            results.append(row)
+            if len(strips) < 1:
+                rec = g.generate(g.space.landscape.reference_codes)
+                strips = [(x_in[te][i], rec[i], outs[("min", "latent modification")][i], outs[("max", "latent modification")][i]) for i in range(min(6, n))]
+            target.close()
+            log(f"{u}: done")
+    summary = summarize(results)
+    doc = {"config": vars(args) | {"out": "benchmarks/results/vislens_table3.json", "strip": "docs/vislens_strip.png"},
+           "units": results, "mean": summary["mean"], "orderings": summary["orderings"], "paper": PAPER,
+           "wall_s": time.perf_counter() - t0}
+    Path(args.out).write_text(json.dumps(doc, indent=1))
+    strip(args.strip, strips)
+    print(json.dumps({"mean": summary["mean"], "orderings": summary["orderings"]}, indent=1))
+
+
+def summarize(results):
+    keys = [k for k in results[0] if "/" in k]
+    mean = {k: {m: float(np.mean([r[k][m] for r in results])) for m in results[0][k]} for k in keys}
+    o = {}
+    for d in ("max", "min"):
+        c = {m: mean[f"{d}/{m}"]["cosine"] for m in PAPER[d]}
+        o[f"{d}: cosine latent modification > structured GD > standard GD"] = bool(c["latent modification"] > c["structured gradient descent"] > c["standard gradient descent"])
+        a = {m: abs(mean[f"{d}/{m}"]["delta_r_sd"]) for m in PAPER[d]}
+        o[f"{d}: |delta r| structured GD largest"] = bool(a["structured gradient descent"] == max(a.values()))
+        sign = 1 if d == "max" else -1
+        o[f"{d}: latent modification moves every unit the asked way (vs input)"] = bool(all(sign * r[f"{d}/latent modification"]["delta_r_sd"] > 0 for r in results))
+        o[f"{d}: latent modification moves every unit the asked way (vs reconstruction)"] = bool(all(sign * r[f"{d}/latent modification"]["delta_r_vs_recon_sd"] > 0 for r in results))
+    return {"mean": mean, "orderings": o}
 
 
 if __name__ == "__main__":

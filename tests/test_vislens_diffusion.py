@@ -181,3 +181,41 @@ def test_missing_weights_are_one_line_errors(tiny_world, tmp_path):
     assert "\n" not in msg and "ViT-H-14/laion2b_s32b_b79k" in msg and "clip.pretrained=PATH" in msg
     with pytest.raises(StimoptError, match="does not exist"):
         _generator(dict(tiny_world, ckpt=str(tmp_path / "none.pt")))
+
+
+def test_prior_shift_moves_a_planted_clip_response_both_ways(tiny_world):
+    """CLIP VAE (tiny open_clip, random weights): the planted response is a fixed direction of the
+    image's CLIP embedding; prior shift toward mu_pos / mu_neg moves the decoded embeddings' response
+    up / down (read by the same direction: the decoded embedding is what the IP-Adapter renders)."""
+    from types import SimpleNamespace
+
+    from stimopt.natural import natural_crops
+    from stimopt_plugins.vislens import Landscape, LatentSpace, PriorShift
+    from stimopt_plugins.vislens.clip import ClipEmbedder
+    from stimopt_plugins.vislens.vae import LinearVAE, PriorSpec, encode_means, landscape_report, train_vae
+
+    emb = ClipEmbedder(*tiny_world["clip"], device="cpu")
+    x = emb(natural_crops(360, 32, seed=3))
+    w = torch.nn.functional.normalize(torch.randn(EMB, generator=torch.Generator().manual_seed(0)), dim=0)
+    respond = lambda e: ((e - x.mean(0)) @ w).numpy()  # noqa: E731
+    r = respond(x)
+    train, val = slice(0, 320), slice(320, 360)
+    spec = PriorSpec(latent_dim=8, prior_dims=4)  # the plugin's default prior otherwise
+    spec.fit_normalization(r[train])
+    vae = LinearVAE(EMB, 8)
+    train_vae(vae, x[train], r[train], spec, epochs=60, lr=1e-2, batch_size=64, w_kld=10.0)
+    assert landscape_report(vae, x[val], r[val], spec)["separation_auc"] > 0.8
+    z = encode_means(vae, x[val]).numpy()
+    land = Landscape(code="latent", prior="activation", reference_codes=z, mu_pos=spec.mu_pos.numpy(),
+                     mu_neg=spec.mu_neg.numpy(), mask=spec.mask.numpy())
+    with torch.no_grad():
+        base = respond(vae.decode(torch.from_numpy(z)))
+    for direction, sign in (("max", 1), ("min", -1)):
+        opt = PriorShift(alphas=[0.5, 1.0])
+        opt.setup(LatentSpace(dim=8, landscape=land), seed=0, budget=80, batch_size=80)
+        opt.bind(SimpleNamespace(direction=direction))
+        with torch.no_grad():
+            moved = respond(vae.decode(torch.from_numpy(opt.ask(80))))
+        for half in (moved[:40], moved[40:]):
+            assert sign * (half.mean() - base.mean()) > 0.1 * r.std()
+            assert (sign * (half - base) > 0).mean() >= 0.7

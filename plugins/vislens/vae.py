@@ -44,7 +44,7 @@ class PriorSpec:
     lam: float = 1.0
     eps: float = 1e-3
     sigma_min: float = 1e-2
-    sigma_max: float = 10.0
+    sigma_max: float = 1.0
     prior_dims: int | None = None
     center: str = "median"
     r_center: float = 0.0
@@ -244,7 +244,7 @@ def landscape_report(model, x: torch.Tensor, r: np.ndarray, spec: PriorSpec) -> 
 def train_vae(
     model, x: torch.Tensor, r: np.ndarray, spec: PriorSpec, *, epochs: int = 150, batch_size: int = 128,
     lr: float = 1e-4, step_size: int = 10, gamma: float = 0.9, grad_clip: float = 1.0,
-    w_recon: float = 1.0, w_kld: float = 1e-3, seed: int = 0, device="cpu", log=None,
+    w_recon: float = 1.0, w_kld: float = 1.0, seed: int = 0, device="cpu", log=None,
 ) -> list[dict]:
     """Algorithm 1: Adam + StepLR + grad clipping on (MSE, KLD to the activation prior). Returns per-epoch losses."""
     torch.manual_seed(seed)
