@@ -2,6 +2,15 @@
 against exact search in the manifest, the walk runs on them, and exact search streams the bank."""
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
 import faiss
 import numpy as np
 import pytest
@@ -12,6 +21,7 @@ from stimopt.bank.graph import build_graph, recall_at
 from stimopt.bank.index import describe, exact_knn, make_index
 from stimopt.bank.manifest import info_text
 from stimopt_plugins.imagebeagle import Walk
+from tests.conftest import cli_env, run_cli
 
 IVFPQ_RECALL_FLOOR = 0.5  # recall@10 of the tiny ivfpq bank's graph vs exact search (measured 0.69)
 
@@ -58,3 +68,78 @@ def test_exact_search_streams_the_bank_block_by_block():
     q = x[:50]
     assert np.array_equal(exact_knn(q, x, 7, block=600), faiss.knn(q, x, 7)[1])
     assert describe(make_index(x, "ivfsq")) == "IVF128,SQ8"
+
+
+# ---- a one-node SLURM cluster on localhost (Debian's slurm-wlm + munge; .ci/run installs them) ----
+
+SLURM_BINARIES = ("slurmctld", "slurmd", "munged", "sbatch", "sinfo")
+
+
+def _slurm_conf(folder: Path, host: str) -> str:
+    return "\n".join([
+        "ClusterName=stimopt-ci", f"SlurmctldHost={host}(127.0.0.1)", "AuthType=auth/munge", "SlurmUser=root",
+        "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "SchedulerType=sched/builtin",
+        "SelectType=select/cons_tres", "MpiDefault=none", "JobAcctGatherType=jobacct_gather/none", "ReturnToService=2",
+        f"SlurmctldPidFile={folder}/slurmctld.pid", f"SlurmdPidFile={folder}/slurmd.pid",
+        f"StateSaveLocation={folder}/state", f"SlurmdSpoolDir={folder}/spool",
+        f"SlurmctldLogFile={folder}/slurmctld.log", f"SlurmdLogFile={folder}/slurmd.log",
+        f"NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} RealMemory=8000 State=UNKNOWN",
+        f"PartitionName=ci Nodes={host} Default=YES MaxTime=60 State=UP", ""])
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
+    """slurmctld + slurmd bound to localhost, started here and stopped at the end (needs root)."""
+    missing = [b for b in SLURM_BINARIES if not shutil.which(b) and not Path("/usr/sbin", b).exists()]
+    if missing or os.geteuid() != 0:
+        pytest.skip(f"needs Debian's slurm-wlm and munge ({', '.join(missing) or 'root'} missing here); .ci/run installs them")
+    folder = tmp_path_factory.mktemp("slurm")
+    for sub in ("state", "spool"):
+        (folder / sub).mkdir()
+    conf = folder / "slurm.conf"
+    conf.write_text(_slurm_conf(folder, socket.gethostname().split(".")[0]))
+    (folder / "cgroup.conf").write_text("CgroupPlugin=autodetect\nIgnoreSystemd=yes\n")
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    started = []
+    if subprocess.run(["munge", "-n"], capture_output=True).returncode != 0:
+        Path("/run/munge").mkdir(parents=True, exist_ok=True)
+        if not Path("/etc/munge/munge.key").exists():
+            subprocess.run(["/usr/sbin/mungekey", "-c"], check=True)
+        subprocess.run(["chown", "-R", "munge:munge", "/run/munge", "/etc/munge"], check=True)
+        subprocess.run(["su", "-s", "/bin/sh", "munge", "-c", "/usr/sbin/munged"], check=True)
+        started.append(Path("/run/munge/munged.pid"))
+    subprocess.run(["/usr/sbin/slurmctld", "-f", str(conf)], env=env, check=True)
+    subprocess.run(["/usr/sbin/slurmd", "-f", str(conf)], env=env, check=True)
+    started += [folder / "slurmctld.pid", folder / "slurmd.pid"]
+    deadline = time.time() + 60
+    while "idle" not in subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True).stdout:
+        if time.time() > deadline:
+            pytest.fail(f"the local SLURM node did not come up: {(folder / 'slurmd.log').read_text()[-500:]}")
+        time.sleep(1)
+    yield env
+    for pidfile in reversed(started):  # only the daemons this fixture started, by their pids
+        if pidfile.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pidfile.read_text().split()[0]), signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_submitit_slurm_build_goes_through_sbatch_and_equals_the_single_process_build(tmp_path, slurm_cluster):
+    from stimopt.bank.cli import main
+
+    common = ["build", "demo:120", "--model", "pixels", "--input-size", "8", "--image-size", "24", "--k", "6",
+              "--shard-size", "60"]
+    main([*common, str(tmp_path / "single")])
+    overrides = ["hydra.launcher.partition=ci", "hydra.launcher.timeout_min=10", "hydra.launcher.mem_gb=1",
+                 "hydra.launcher.cpus_per_task=1"]
+    run_cli([*common, str(tmp_path / "slurm"), "--launcher", "submitit_slurm",
+             *[a for o in overrides for a in ("--launcher-override", o)]],
+            cwd=tmp_path, program="stimopt-bank", timeout=600, env=cli_env(SLURM_CONF=slurm_cluster["SLURM_CONF"]))
+    for stage in ("features", "graph"):  # one sbatch job array per stage, one SLURM task per shard
+        jobs = (tmp_path / "slurm" / "hydra" / stage / ".submitit")
+        script = next(jobs.glob("*/*_submission.sh")).read_text()
+        assert "#SBATCH --array=0-1" in script and "#SBATCH --partition=ci" in script and "#SBATCH --mem=1GB" in script
+        assert len(list(jobs.glob("*_*/*_0_result.pkl"))) == 2, stage
+    a, b = load_bank(tmp_path / "single"), load_bank(tmp_path / "slurm")
+    for name in ("features.npy", "graph.npy", "coresets.npy", "offsets.npy"):
+        assert np.array_equal(np.load(a.path / name), np.load(b.path / name)), name
