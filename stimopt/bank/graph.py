@@ -94,7 +94,10 @@ def search_blocks(x: np.ndarray, k: int, method: str, parts: Path, blocks: dict[
         index = faiss.read_index(str(parts / "index.faiss"))
         set_search(index, method, k, nprobe, ef_search)
         search = lambda q: index.search(q, k + 1)[1]  # noqa: E731
-    for b, (start, stop) in sorted(todo.items()):
+    from tqdm import tqdm
+
+    for b, (start, stop) in tqdm(sorted(todo.items()), desc=f"graph search ({method})", unit="block", leave=False,
+                                 disable=len(todo) < 2):
         ids = np.zeros((0, k), dtype=np.int32)
         if stop > start:
             ids = drop_self(search(np.ascontiguousarray(x[start:stop], dtype=np.float32)), np.arange(start, stop), k)
