@@ -280,6 +280,20 @@ class TwinTeacher(torch.nn.Module):
         return F.relu(d - self.threshold.to(d.device))  # [B, K]
 
 
+def load_responses(spec, what: str = "data") -> tuple[np.ndarray, list[str]]:
+    """The response table named by a data config (``responses``, ``format``: table | nsd | things_eeg,
+    and the format's own keys ``key``, ``rois``, ``channels``, ``window``); ``what`` names the config
+    section in error messages (``data`` for stimopt-fit, ``model`` for a landscape fit)."""
+    fmt = str(spec.get("format", "table"))
+    if fmt == "table":
+        return load_table(spec["responses"], str(spec.get("key", "responses")))
+    if fmt == "nsd":
+        return load_nsd(spec["responses"], spec.get("rois"))
+    if fmt == "things_eeg":
+        return load_things_eeg(spec["responses"], spec.get("channels"), tuple(spec.get("window", (0.1, 0.2))))
+    raise StimoptError(f"{what}.format must be table, nsd or things_eeg, got '{fmt}'")
+
+
 def make_twin(features, n_images: int = 1500, n_neurons: int = 8, size: int = 112, noise: float = 0.2,
               repeats: int = 1, seed: int = 0, batch: int = 64) -> dict:
     """Synthetic data set: natural crops, a teacher's noiseless responses and noisy trials.

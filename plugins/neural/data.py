@@ -19,15 +19,7 @@ def dataset_from_config(cfg, backbone) -> dict:
         twin = R.make_twin(backbone, int(t.n_images), int(t.n_neurons), size, float(t.noise), int(t.repeats), int(cfg.seed))
         return {"images": twin["images"], "responses": twin["responses"], "names": twin["names"],
                 "clean": twin["clean"], "source": "twin"}
-    fmt = str(d.get("format", "table"))
-    if fmt == "table":
-        table, names = R.load_table(d.responses, str(d.get("key", "responses")))
-    elif fmt == "nsd":
-        table, names = R.load_nsd(d.responses, d.get("rois"))
-    elif fmt == "things_eeg":
-        table, names = R.load_things_eeg(d.responses, d.get("channels"), tuple(d.get("window", (0.1, 0.2))))
-    else:
-        raise StimoptError(f"data.format must be table, nsd or things_eeg, got '{fmt}'")
+    table, names = R.load_responses(d, "data")
     if d.get("images") is None:
         raise StimoptError("data.images is missing: give the folder/.zip/.npz of the images the responses belong to")
     images = R.load_images(d.images, size)

@@ -78,15 +78,7 @@ def recorded_responses(m, source: str, size: int) -> tuple[torch.Tensor, np.ndar
     (NaN) are left out."""
     from stimopt import responses as R
 
-    fmt = str(m.get("format", "table"))
-    if fmt == "table":
-        table, names = R.load_table(m.responses, str(m.get("key", "responses")))
-    elif fmt == "nsd":
-        table, names = R.load_nsd(m.responses, m.get("rois"))
-    elif fmt == "things_eeg":
-        table, names = R.load_things_eeg(m.responses, m.get("channels"), tuple(m.get("window", (0.1, 0.2))))
-    else:
-        raise StimoptError(f"model.format must be table, nsd or things_eeg, got '{fmt}'")
+    table, names = R.load_responses(m, "model")
     if source == "natural":
         raise StimoptError("model.responses needs model.images: the folder/.zip/.npz of the images the responses were recorded to")
     images = R.load_images(source, size)
@@ -104,7 +96,7 @@ def recorded_responses(m, source: str, size: int) -> tuple[torch.Tensor, np.ndar
     if ok.sum() < 4:
         raise StimoptError(f"{m.responses}: only {int(ok.sum())} images have a response in column '{col}'; a landscape needs more")
     idx = np.flatnonzero(ok)
-    return images[idx], r[idx].astype(np.float64), f"recorded {m.responses} ({fmt}: {col}; {len(idx)} images)"
+    return images[idx], r[idx].astype(np.float64), f"recorded {m.responses} ({m.get('format', 'table')}: {col}; {len(idx)} images)"
 
 
 def fit_vislens_vae(cfg, out_dir: Path) -> dict:
