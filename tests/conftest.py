@@ -64,3 +64,22 @@ def compose():
     from stimopt.config import compose as _compose
 
     return _compose
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run faster single-threaded on a shared machine; the thread count is put back after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def stop_sim(rig, sim, timeout: float = 30) -> None:
+    """Ask a running ``stimopt-rig-sim`` to stop (its STOP file) and wait for it; kill it if it hangs."""
+    rig.mkdir(parents=True, exist_ok=True)
+    (rig / "STOP").touch()
+    try:
+        sim.wait(timeout)
+    except subprocess.TimeoutExpired:
+        sim.kill()

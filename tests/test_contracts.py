@@ -19,12 +19,7 @@ from stimopt_plugins.vislens import Landscape, LatentSpace
 DIM, SIZE = 6, 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class CountingTarget(stimopt.Target):

@@ -17,14 +17,6 @@ from stimopt.fit import compose_fit, run_fit
 TINY = ["model.backbone=resnet18", "model.weights=random", "model.layer=layer2", "model.input_size=32", "data.size=32", "device=cpu"]
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add overhead on a shared machine
-    yield
-    torch.set_num_threads(n)
-
-
 def test_fit_config_composes_with_paper_defaults():
     cfg = compose_fit()
     assert cfg.model.backbone == "resnet50" and cfg.model.layer == "layer3"  # the paper's "layer 33"

@@ -14,7 +14,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import BIN, cli_env
+from conftest import BIN, cli_env, stop_sim
 from stimopt.store import RunStore
 from test_rig import inbox_means
 
@@ -34,15 +34,6 @@ def args(rig, run):
 def start_sim(rig, env):
     return subprocess.Popen([str(BIN / "stimopt-rig-sim"), str(rig), *SIM], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def stop_sim(rig, sim):
-    rig.mkdir(parents=True, exist_ok=True)
-    (rig / "STOP").touch()
-    try:
-        sim.wait(30)
-    except subprocess.TimeoutExpired:
-        sim.kill()
 
 
 def store_of(run):

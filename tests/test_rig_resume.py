@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import BIN, cli_env, run_cli
+from conftest import BIN, cli_env, run_cli, stop_sim
 from stimopt.store import RunStore
 from test_rig import inbox_means
 
@@ -43,12 +43,7 @@ def test_kill_mid_generation_and_resume(tmp_path):
         done = run_cli([*args, f"resume={run}"], cwd=tmp_path, env=env, timeout=300)
         assert "best response" in done.stdout
     finally:
-        (rig / "STOP").parent.mkdir(parents=True, exist_ok=True)
-        (rig / "STOP").touch()
-        try:
-            sim.wait(30)
-        except subprocess.TimeoutExpired:
-            sim.kill()
+        stop_sim(rig, sim)
 
     store = RunStore(run / "evaluations.sqlite")
     assert store.n_evaluations() == 40 and store.meta("status") == "finished"

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import BIN, cli_env, run_cli
+from conftest import BIN, cli_env, run_cli, stop_sim
 from stimopt.errors import StimoptError
 from stimopt.store import RunStore
 from stimopt_plugins.rig import RigTarget
@@ -122,12 +122,7 @@ def test_zmq_end_to_end_real_processes(tmp_path):
         done = run_cli(args, cwd=tmp_path, env=env, timeout=300)
         assert "best response" in done.stdout
     finally:
-        rig.mkdir(parents=True, exist_ok=True)
-        (rig / "STOP").touch()
-        try:
-            sim.wait(30)
-        except subprocess.TimeoutExpired:
-            sim.kill()
+        stop_sim(rig, sim)
     store = RunStore(run / "evaluations.sqlite")
     assert store.n_evaluations() == 24 and store.meta("status") == "finished"
     responses = store.responses()

@@ -11,13 +11,7 @@ from stimopt.objective import Objective
 from stimopt_plugins.vislens.vae import ConvVAE, LinearVAE, PriorSpec, encode_means, landscape_report, save_landscape, train_vae
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster single-threaded on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class PlantedTarget(stimopt.Target):

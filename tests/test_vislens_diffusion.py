@@ -15,13 +15,7 @@ from stimopt.errors import StimoptError
 EMB = 32  # tiny CLIP embedding size (ViT-H-14's is 1024)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster single-threaded on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_tiny_clip(tmp_path):
