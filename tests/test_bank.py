@@ -233,6 +233,11 @@ def test_killed_build_continues_where_it_stopped(tmp_path):
     done = sorted(p.name for p in (out / "shards").iterdir() if p.is_dir() and p.name.isdigit())
     assert 1 <= len(done) < 12
     stamps = {d: (out / "shards" / d / "features.npy").stat().st_mtime_ns for d in done}
+    # what a kill during a shard's write leaves, for a shard done and one not done (whatever the timing was)
+    pending = next(f"{s:05d}" for s in range(12) if f"{s:05d}" not in done)
+    for name in (done[0], pending):
+        (out / "shards" / f"{name}.tmp-999999").mkdir(exist_ok=True)
+        np.save(out / "shards" / f"{name}.tmp-999999" / "features.npy", np.zeros(3))
     with pytest.raises(StimoptError, match="not finished building"):
         load_bank(out)
     run_cli(_build_cmd("demo:600", out)[1:], cwd=tmp_path, program="stimopt-bank")

@@ -103,7 +103,14 @@ def compute_shard(bank: str | Path, s: int, device: str = "cpu", extractor: Feat
     np.save(tmp / "kept.npy", np.asarray(kept, dtype=np.int64))
     mf.write_json(tmp / "skipped.json", skipped)
     os.replace(tmp, final)
+    remove_orphans(final)
     return True
+
+
+def remove_orphans(final: Path) -> None:
+    """Delete the half-written ``NNNNN.tmp-PID`` folders a killed job left for a shard that is now done."""
+    for orphan in final.parent.glob(f"{final.name}.tmp-*"):
+        shutil.rmtree(orphan, ignore_errors=True)
 
 
 def run_shards_multirun(bank: Path, n_shards: int, launcher: str, overrides: list[str] | None = None,
@@ -206,7 +213,9 @@ def finish(bank: str | Path, log=None, launcher: str | None = None, launcher_ove
     opts = plan["options"]
     times = {}
     t = time.perf_counter()
-    feats, vectors, offsets = graph_vectors(bank, plan)
+    feats, vectors, offsets = graph_vectors(bank, plan)  # every shard is done from here on
+    for s in range(plan["n_shards"]):
+        remove_orphans(mf.shard_dir(bank, s))
     times["merge" if not opts["pca_dim"] else "merge_pca"] = time.perf_counter() - t
     graph_info_file = bank / "graph.json"
     t = time.perf_counter()
