@@ -10,7 +10,8 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-HOST = "127.0.0.1"
+from stimopt.localserver import HOST, listen, serve_until_interrupted
+
 MAX_BODY = 2 * 1024 * 1024
 
 
@@ -58,17 +59,6 @@ def make_server(folder: Path, port: int) -> ThreadingHTTPServer:
 
 
 def serve(folder: Path, port: int) -> None:
-    from stimopt.errors import StimoptError
-
-    try:
-        server = make_server(folder, port)
-    except (OSError, OverflowError) as exc:
-        raise StimoptError(f"cannot listen on {HOST}:{port} ({getattr(exc, 'strerror', None) or exc}); choose another --port") from None
-    print(f"serving the experiment at http://{HOST}:{server.server_address[1]}/index.html; "
-          f"results go to {folder}/results/ (Ctrl-C stops)", flush=True)
-    try:
-        server.serve_forever(poll_interval=0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    server = listen(lambda: make_server(folder, port), port)
+    serve_until_interrupted(server, f"serving the experiment at http://{HOST}:{server.server_address[1]}/index.html; "
+                                    f"results go to {folder}/results/")

@@ -26,8 +26,8 @@ import numpy as np
 from stimopt import html_images, run_reader
 from stimopt.errors import StimoptError
 from stimopt.html_templates import environment
+from stimopt.localserver import HOST, listen, serve_until_interrupted
 
-HOST = "127.0.0.1"  # never any other interface
 N_BEST = 8
 CACHE = 256  # rendered stimuli kept in memory
 
@@ -186,17 +186,9 @@ def main(argv=None) -> None:
         if args.interval <= 0:
             raise StimoptError(f"--interval must be positive, got {args.interval}")
         check_run_dir(args.run_dir)
-        try:
-            server = make_server(args.run_dir, args.port, k=args.best, images=not args.no_images, interval_s=args.interval)
-        except OSError as exc:
-            raise StimoptError(f"cannot listen on {HOST}:{args.port} ({exc.strerror or exc}); choose another --port") from None
+        server = listen(lambda: make_server(args.run_dir, args.port, k=args.best, images=not args.no_images,
+                                            interval_s=args.interval), args.port)
     except StimoptError as exc:
         print(f"stimopt-watch: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    print(f"watching {args.run_dir} at http://{HOST}:{server.server_address[1]}/ (Ctrl-C stops)", flush=True)
-    try:
-        server.serve_forever(poll_interval=0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    serve_until_interrupted(server, f"watching {args.run_dir} at http://{HOST}:{server.server_address[1]}/")
