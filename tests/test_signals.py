@@ -61,3 +61,16 @@ def test_signal_ends_the_run_cleanly_and_resume_equals_uninterrupted(tmp_path, s
     np.testing.assert_array_equal(resumed[: len(committed)], committed)
     np.testing.assert_array_equal(resumed, _responses(tmp_path / "full" / "evaluations.sqlite"))
     assert json.loads((tmp_path / "cut" / "summary.json").read_text())["status"] == "finished"
+
+
+def test_ctrl_c_while_starting_is_one_line_and_records_nothing(tmp_path):
+    """Ctrl-C during start-up (plugins, torch and Hydra loading; ~3 s here) ends without a traceback."""
+    proc = subprocess.Popen([str(BIN / "stimopt"), *ARGS, "hydra.run.dir=early"], cwd=tmp_path, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # past the interpreter's own start (0.2 s to import stimopt.cli), before the run
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "interrupted" in err
+    assert not (tmp_path / "early" / "evaluations.sqlite").exists()
