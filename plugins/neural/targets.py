@@ -14,7 +14,7 @@ from stimopt.errors import StimoptError
 
 from . import checkpoints
 from .backbone import backbone_from_spec
-from .encoder import pool_features
+from .encoder import Readout
 from .ensemble import EnsembleMember, EnsembleModel
 
 
@@ -83,20 +83,18 @@ class V4EnsembleTarget(_FittedTarget):
 
 
 class EncoderTarget(_FittedTarget):
-    """Predicted response(s) of fMRI ROI(s) / EEG channel(s) from a ridge encoder."""
+    """Predicted response(s) of fMRI ROI(s) / EEG channel(s) / neurons from an encoder (any ``model.readout``)."""
 
     kind = "encoder"
 
     def __init__(self, checkpoint=None, roi=None, device="auto"):
         self._setup(checkpoint, roi, "roi/channel", device)
-        c = self.ckpt
-        self.pool = int(c["pool"])
-        self.x_mean, self.x_std = c["x_mean"].to(self.device), c["x_std"].to(self.device)
-        self.w, self.b = c["w"].to(self.device), c["b"].to(self.device)
+        self.readout = Readout.from_checkpoint(self.ckpt).to(self.device)
+        for p in self.readout.parameters():  # gradients go to the images only
+            p.requires_grad_(False)
 
     def predict_all(self, images) -> torch.Tensor:
-        x = pool_features(self.backbone(images), self.pool)
-        return ((x - self.x_mean) / self.x_std) @ self.w + self.b
+        return self.readout(self.backbone(images))
 
     def evaluate(self, images):
         return self._shape(self.predict_all(images))
