@@ -111,3 +111,61 @@ def test_quantiles_from_a_run(tmp_path, tiny_cnn):
     u = data["units"][0]
     assert "best 5" in data["sets"]["pref"] and "worst 5" in data["sets"]["anti"]
     assert u["median_pref"] > u["median_anti"]
+
+
+class ChannelMap(stimopt.Target):
+    """A planted single-unit channel-map target (the cnn_unit shape): channel c = the mean of colour c
+    times (1, 1, 3); it reads channel ``unit``."""
+
+    feature_shape, position, spatial, input_size = (3, 1, 1), (0, 0), "center", 16
+
+    def __init__(self, unit=0):
+        self.unit = unit
+
+    def _features(self, images):
+        return (images.mean(dim=(2, 3)) * torch.tensor([1.0, 1.0, 3.0]))[:, :, None, None]
+
+    def evaluate(self, images):
+        return self._features(images)[:, self.unit, 0, 0]
+
+    def describe(self):
+        return f"channelmap[{self.unit}]"
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "poisson"])
+def test_quantiles_of_noisy_channels_report_their_spread(tmp_path, kind):
+    from stimopt.noise import NoisyTarget
+
+    rng = np.random.default_rng(1)  # brightness varies across images, so the sets stand out of the noise
+    source = ArraySource((rng.random((300, 3, 8, 8)) * rng.random((300, 1, 1, 1))).astype(np.float32))
+    run_analysis("screen", ctx_for(ChannelMap(), source, tmp_path, {"k": 10, "chunk": 300}, units=[0, 1, 2]))
+    noisy = NoisyTarget(ChannelMap(), kind, noise_sd=0.3, expected_max_spikes=30, noise_calibration=300, cache=False)
+    out = tmp_path / kind
+    opts = {"screen": str(tmp_path / "screen.npz"), "k": 10, "n_random": 200}
+    run_analysis("quantiles", ctx_for(noisy, source, out, opts, units=[0, 1, 2], repeats=5))
+    data = json.loads((out / "quantiles.json").read_text())
+    assert data["noise"] == kind and data["repeats"] == 5 and [u["unit"] for u in data["units"]] == ["0", "1", "2"]
+    assert data["median_q_pref"] > 0.9 and data["median_q_anti"] < 0.1
+    for u in data["units"]:
+        assert len(u["q_pref_single"]) == 5 and u["q_pref_sd"] > 0 and u["trial_sd_pref"] > 0 and u["trial_sd_random"] > 0
+        assert u["q_pref_ci90"][0] <= u["q_pref"] <= u["q_pref_ci90"][1] and u["q_anti_ci90"][0] <= u["q_anti"]
+        if kind == "gaussian":  # gain noise a x (1 + 0.3 N(0,1)): the trial SD is 0.3 x the response
+            assert 0.15 < u["trial_sd_pref"] / u["median_pref"] < 0.45, u
+    assert data["median_q_pref_sd"] is not None and "sd" in (out / "report.md").read_text()
+    # one presentation: the same keys as before, no spread
+    run_analysis("quantiles", ctx_for(noisy, source, tmp_path / "one", opts, units=[0, 1, 2], repeats=1))
+    one = json.loads((tmp_path / "one" / "quantiles.json").read_text())
+    assert one["median_q_pref_sd"] is None and "q_pref_sd" not in one["units"][0]
+
+
+def test_noisy_channels_calibrate_each_channel_for_poisson():
+    from stimopt.analyze.quantiles import NoisyChannels
+    from stimopt.noise import NoisyTarget
+
+    noisy = NoisyTarget(ChannelMap(), "poisson", expected_max_spikes=30, noise_calibration=300, cache=False)
+    reader = NoisyChannels(noisy, [0, 2])
+    s0, s2 = (c.scale for c in reader.columns)
+    assert s0 == pytest.approx(noisy.scale, rel=1e-6)  # channel 0 is the wrapped unit: the same calibration
+    assert s2 == pytest.approx(s0 / 3, rel=0.25)  # channel 2 responds ~3x more: ~1/3 the spikes per unit
+    r = reader(torch.rand(4, 3, 8, 8))
+    assert r.shape == (4, 2) and np.isfinite(r).all()

@@ -16,9 +16,21 @@ anti-preferred near 0). The sets come from
 - ``quantiles.screen=FILE``: a screen file's top / bottom K bank images per neuron; the target
   is this app's ``target=`` (it must be the screened one).
 
+A noisy target (``noise=poisson|gaussian``, ``noise.repeats``) is presented ``repeats`` times
+(each image, set or random, gets its own draws); q is taken on the repeat averages, and its spread
+is reported: per repeat (a one-presentation session) ``q_pref_single`` with its SD ``q_pref_sd``,
+a 90% interval of the repeat-averaged q by resampling the repeats (``q_pref_ci90``, 1,000
+bootstrap draws), and the trial-to-trial SD of the responses (``trial_sd_pref``, median over the
+set's images; ``trial_sd_random``). ``units=[...]`` channels of a noisy single-unit target
+(cnn_unit) are read from one clean pass, each channel with its own noise draws and, for
+``noise=poisson``, its own calibration (the expected best of the noise's calibration crops).
+
 JSON keys: ``units`` (one entry per neuron: ``unit``, ``q_pref``, ``q_anti``, ``median_pref``,
-``median_anti``, ``random_p5``, ``random_p95``, ``responses_pref``, ``responses_anti``),
-``median_q_pref``, ``median_q_anti``, ``n_random``, ``repeats``, ``sets`` (where each set came from).
+``median_anti``, ``random_p5``, ``random_p95``, ``responses_pref``, ``responses_anti``; with
+repeats > 1 also ``q_pref_single``, ``q_pref_sd``, ``q_pref_ci90``, ``trial_sd_pref`` (and the
+same for anti), ``trial_sd_random``), ``median_q_pref``, ``median_q_anti``, ``median_q_pref_sd``,
+``median_q_anti_sd`` (null with one repeat), ``n_random``, ``repeats``, ``noise`` (the target's
+noise model or null), ``sets`` (where each set came from).
 """
 from __future__ import annotations
 
@@ -34,9 +46,88 @@ def quantile_of(value: float, random: np.ndarray) -> float:
     return float(np.mean(np.asarray(random) < value))
 
 
-def _repeat(fn, images, repeats: int) -> np.ndarray:
-    with torch.inference_mode():
-        return np.mean([fn(images) for _ in range(max(1, repeats))], axis=0)
+class _Presentations:
+    """``repeats`` presentations of each image side by side, [B, R * U] (so :func:`score_images` batches
+    and checks them); :meth:`split` turns them into [R, B, U]."""
+
+    def __init__(self, fn, names, repeats: int):
+        self.fn, self.names, self.repeats = fn, list(names), max(1, int(repeats))
+
+    def __call__(self, imgs) -> np.ndarray:
+        with torch.inference_mode():
+            return np.concatenate([np.asarray(self.fn(imgs), np.float64).reshape(len(imgs), -1)
+                                   for _ in range(self.repeats)], axis=1)
+
+    def split(self, r: np.ndarray) -> np.ndarray:
+        return r.reshape(len(r), self.repeats, -1).transpose(1, 0, 2)
+
+
+class NoisyChannels:
+    """Channels ``units`` of a noisy single-unit target (a :class:`stimopt.noise.NoisyTarget` around a
+    cnn_unit): one clean pass reads every channel; each channel then gets its own NoisyTarget (own
+    draws; for Poisson its own calibration on the noise's calibration crops) around that column."""
+
+    def __init__(self, noisy, units, seed: int = 0):
+        import stimopt
+        from stimopt.noise import GOOD_STIMULUS_OF, NoisyTarget, expected_max, natural_responses
+
+        clean = UnitReader(noisy.inner, units)
+        self.names, cache = clean.names, {}
+
+        def columns(images):
+            if cache.get("key") is not images:
+                cache.update(key=images, r=clean(images))
+            return cache["r"]
+
+        class Column(stimopt.Target):
+            def __init__(self, j):
+                self.j = j
+
+            def evaluate(self, images):
+                return columns(images)[:, self.j]
+
+            def describe(self):
+                return f"{noisy.inner.describe()} channel {clean.names[self.j]}"
+
+        class All(stimopt.Target):
+            n_outputs = len(clean.names)
+
+            def evaluate(self, images):
+                return clean(images)
+
+        good = [None] * len(self.names)
+        if noisy.noise == "poisson":  # each channel's expected best natural response sets its spike scale
+            r = natural_responses(All(), noisy.n_calibration, noisy.calibration_size, seed=12345)
+            good = [expected_max(r[:, j], GOOD_STIMULUS_OF) for j in range(r.shape[1])]
+            bad = [n for n, g in zip(self.names, good) if not g > 0]
+            if bad:
+                raise StimoptError(f"Poisson noise needs a positive best natural response, but unit(s) {bad[:5]} of "
+                                   f"{noisy.inner.describe()} have none; use target.relu=true, other units or noise=gaussian")
+        self.columns = [NoisyTarget(Column(j), noisy.noise, expected_max_spikes=noisy.expected_max_spikes,
+                                    repeats=noisy.repeats, noise_sd=noisy.noise_sd, seed=seed * 1000 + 7 + j,
+                                    good_response=good[j], cache=False) for j in range(len(self.names))]
+
+    def __call__(self, images) -> np.ndarray:
+        with torch.inference_mode():
+            return np.stack([np.asarray(c.evaluate(images), np.float64).reshape(-1) for c in self.columns], axis=1)
+
+
+def _reader(target, units, seed: int):
+    if units is not None and hasattr(target, "inner") and int(getattr(target, "n_outputs", 1) or 1) == 1:
+        return NoisyChannels(target, units, seed)
+    return UnitReader(target, units)
+
+
+def spread(sets: np.ndarray, random: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:
+    """The spread of q over presentations: ``sets`` [R, k], ``random`` [R, n] (R repeats)."""
+    single = [quantile_of(float(np.median(sets[r])), random[r]) for r in range(len(sets))]
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(int(n_boot)):
+        pick = rng.integers(0, len(sets), len(sets))
+        boot.append(quantile_of(float(np.median(sets[pick].mean(0))), random[pick].mean(0)))
+    return {"single": single, "sd": float(np.std(single, ddof=1)), "ci90": [float(v) for v in np.percentile(boot, [5, 95])],
+            "trial_sd": float(np.median(sets.std(0, ddof=1)))}
 
 
 def _run_sets(ctx, runs, k: int) -> dict:
@@ -61,7 +152,7 @@ def _run_sets(ctx, runs, k: int) -> dict:
             target = noise.wrap(build("target", cfg.target, device="cpu"), cfg.get("noise"), seed=int(cfg.seed))
             objective = Objective(cfg.direction, **OmegaConf.to_container(cfg.get("objective") or {}, resolve=True))
             fn = _combined(target, objective)
-            what = target.describe()
+            what, noise_kind = target.describe(), getattr(target, "noise", None)
         elif this != target_cfg:
             raise StimoptError(f"quantiles.run: {run} measured another target than the first run; give runs of one target")
         generator = build("generator", cfg.generator, device="cpu")
@@ -75,7 +166,7 @@ def _run_sets(ctx, runs, k: int) -> dict:
             with torch.inference_mode():
                 sets[label] = generator.generate(codes).float()
             found[label] = f"{which} {k} by stored score of {run} (direction={direction})"
-    return {"sets": [sets], "found": found, "fn": fn, "names": ["0"], "target": what}
+    return {"sets": [sets], "found": found, "fn": fn, "names": ["0"], "target": what, "noise": noise_kind}
 
 
 def _combined(target, objective):
@@ -98,13 +189,14 @@ def _screen_sets(ctx, file, k: int) -> dict:
     if screened is not None and screened not in (clean, target.describe()):
         raise StimoptError(f"the screen scored {screened}, but target= builds {clean}; compose the screened target")
     units = data["units"]
-    reader = UnitReader(target, data["meta"].get("units_option", ctx.units))
+    reader = _reader(target, data["meta"].get("units_option", ctx.units), ctx.seed)
     if reader.names != units:
         raise StimoptError(f"the screen's neurons {units[:5]} are not this target's {reader.names[:5]}; pass the screen's units=")
     sets = [{"pref": ctx.source.images(data["top"][j, :k]), "anti": ctx.source.images(data["bottom"][j, :k])}
             for j in range(len(units))]
     found = {"pref": f"top {k} of {data['path']}", "anti": f"bottom {k} of {data['path']}"}
     return {"sets": sets, "found": found, "fn": reader, "names": units, "target": target.describe(),
+            "noise": getattr(target, "noise", None),
             "exclude": np.concatenate([data["top"][:, :k].ravel(), data["bottom"][:, :k].ravel()])}
 
 
@@ -122,13 +214,9 @@ def run(ctx) -> Outputs:
     if "exclude" in src and len(np.setdiff1d(idx, src["exclude"])):  # random images outside the screened sets
         idx = np.setdiff1d(idx, src["exclude"])
 
-    class _Reader:  # score_images wants names and a call
-        names = src["names"]
-
-        def __call__(self, imgs):
-            return src["fn"](imgs)
-
-    random = score_images(_Reader(), ctx.source, idx, ctx.batch_size, desc="random images", repeats=repeats)
+    reader = _Presentations(src["fn"], src["names"], repeats)
+    random_r = reader.split(score_images(reader, ctx.source, idx, ctx.batch_size, desc="random images"))  # [R, n, U]
+    random = random_r.mean(0)
     units, rows = [], []
     for j, name in enumerate(src["names"]):
         s = src["sets"][j] if len(src["sets"]) > 1 else src["sets"][0]
@@ -136,21 +224,36 @@ def run(ctx) -> Outputs:
         for label in ("pref", "anti"):
             if label not in s:
                 continue
-            r = _repeat(src["fn"], s[label], repeats)[:, j]
-            check_finite(r, f"the responses to the {label} set")
+            rr = reader.split(reader(s[label]))[:, :, j]  # [R, k]
+            check_finite(rr, f"the responses to the {label} set")
+            r = rr.mean(0)
             entry[f"responses_{label}"] = r
             entry[f"median_{label}"] = float(np.median(r))
             entry[f"q_{label}"] = quantile_of(float(np.median(r)), random[:, j])
+            if repeats > 1:
+                sp = spread(rr, random_r[:, :, j], seed=ctx.seed + j)
+                entry.update({f"q_{label}_single": sp["single"], f"q_{label}_sd": sp["sd"], f"q_{label}_ci90": sp["ci90"],
+                              f"trial_sd_{label}": sp["trial_sd"]})
+        if repeats > 1:
+            entry["trial_sd_random"] = float(np.median(random_r[:, :, j].std(0, ddof=1)))
         entry["random_p5"], entry["random_p95"] = (float(v) for v in np.percentile(random[:, j], [5, 95]))
         units.append(entry)
-        rows.append({k2: v for k2, v in entry.items() if not k2.startswith("responses_")})
+        rows.append({k2: (v if not isinstance(v, list) else " ".join(f"{x:.4g}" for x in v)) for k2, v in entry.items()
+                     if not k2.startswith("responses_")})
     med = {f"median_q_{lb}": float(np.median([u[f"q_{lb}"] for u in units])) if all(f"q_{lb}" in u for u in units) else None
            for lb in ("pref", "anti")}
+    for lb in ("pref", "anti"):
+        sds = [u[f"q_{lb}_sd"] for u in units if f"q_{lb}_sd" in u]
+        med[f"median_q_{lb}_sd"] = float(np.median(sds)) if sds else None
     payload = {"target": src["target"], "bank": ctx.source.describe(), "k": k, "n_random": len(idx), "repeats": repeats,
-               "sets": src["found"], "units": units, **med}
+               "noise": src.get("noise"), "sets": src["found"], "units": units, **med}
     qp, qa = med["median_q_pref"], med["median_q_anti"]
-    line = (f"{src['target']}, {len(units)} neuron(s): median q_pref {qp if qp is None else round(qp, 3)}, "
-            f"q_anti {qa if qa is None else round(qa, 3)} among {len(idx)} random images ({repeats} repeat(s))")
+
+    def fmt(v, sd):
+        return "None" if v is None else f"{v:.3f}" + (f" (sd {sd:.3f} per presentation)" if sd is not None else "")
+
+    line = (f"{src['target']}, {len(units)} neuron(s): median q_pref {fmt(qp, med['median_q_pref_sd'])}, "
+            f"q_anti {fmt(qa, med['median_q_anti_sd'])} among {len(idx)} random images ({repeats} repeat(s))")
     return Outputs(payload, rows, lambda p: _figure(p, units, random), line)
 
 
