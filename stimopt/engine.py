@@ -12,6 +12,12 @@ with gradients inside its ``ask`` through the run's :class:`DifferentiableObject
 ``Optimizer.bind``); each such pass is committed as a generation of its own through the same
 ``_record`` and counts against the budget (stimopt.differentiable).
 
+Stimuli the engine shows beside the optimizer's (reference images, elite re-presentations:
+stimopt.interleave) go to the target in the same batch, after the optimizer's, and are recorded
+with their kind; only the optimizer's are told and count as evaluations. ``budget_counts``:
+``stimuli`` (the optimizer's, the default) or ``presentations`` (every image shown, times the
+target's ``presentations_per_image``, references and repeats included).
+
 Observers (progress bar, W&B, ...) hang off the loop; they never change what it computes.
 """
 from __future__ import annotations
@@ -27,10 +33,12 @@ import torch
 from stimopt.api import Generator, Optimizer, Target
 from stimopt.differentiable import DifferentiableObjective
 from stimopt.errors import StimoptError
+from stimopt.interleave import Interleave
 from stimopt.objective import Objective
 from stimopt.store import RunStore
 
 BAD_RESPONSE_POLICIES = ("stop", "skip")
+BUDGET_COUNTS = ("stimuli", "presentations")
 
 
 class Observer:
@@ -49,6 +57,9 @@ class Progress:
 
     generation: int = 0
     n_evaluations: int = 0
+    n_presentations: int = 0  # every image shown (references, repeats) x the target's presentations per image
+    reference_first: float = math.nan  # mean response to the references at their first showing
+    drift_gain: float = 1.0  # the latest showing's mean / the first's (stimopt.interleave)
     best_response: float = math.nan
     best_score: float = -math.inf
     time_generate: float = 0.0
@@ -66,6 +77,8 @@ class Run:
     budget: int
     batch_size: int
     on_bad_response: str = "stop"
+    budget_counts: str = "stimuli"
+    interleave: Interleave = field(default_factory=Interleave)
     run_dir: Path = Path(".")
     observers: list[Observer] = field(default_factory=list)
     progress: Progress = field(default_factory=Progress)
@@ -79,6 +92,9 @@ class Run:
             raise StimoptError(f"batch_size must be positive, got {self.batch_size}")
         if self.on_bad_response not in BAD_RESPONSE_POLICIES:
             raise StimoptError(f"on_bad_response must be one of {BAD_RESPONSE_POLICIES}, got '{self.on_bad_response}'")
+        if self.budget_counts not in BUDGET_COUNTS:
+            raise StimoptError(f"budget_counts must be one of {BUDGET_COUNTS}, got '{self.budget_counts}'")
+        self.per_image = int(getattr(self.target, "presentations_per_image", 1))
         self.optimizer.bind(DifferentiableObjective(self))
 
     # -- checkpointing ----------------------------------------------------------------------
@@ -108,7 +124,12 @@ class Run:
 
     # -- one generation ---------------------------------------------------------------------
     def step(self) -> dict:
-        n = min(self.batch_size, self.budget - self.progress.n_evaluations)
+        extras = self.interleave.plan(self.progress.generation, self.store)  # references, elites to show again
+        n = self.room()
+        if self.budget_counts == "presentations":
+            extras = extras if len(extras) < n else []  # the optimizer's stimuli first
+            n -= len(extras)
+        n = min(self.batch_size, n)
         self._clock, self._asked = time.perf_counter(), n
         codes = np.asarray(self.optimizer.ask(n))  # a white-box ask commits its own passes in here
         if len(codes) != n:
@@ -116,19 +137,26 @@ class Run:
         info = self.optimizer.ask_info()
         t1 = time.perf_counter()
         with torch.inference_mode():
-            images = self.generator.generate(codes)
+            images = self.interleave.append(self.generator.generate(codes), extras, self.generator)
             t2 = time.perf_counter()
             raw = self.target.evaluate(images)
         t3 = time.perf_counter()
         self._asked = 0
-        outputs = self._check(raw, codes, images, n)
+        outputs = self._check(raw, codes, images, n + len(extras))
         response, score = self.objective(outputs)
-        self.optimizer.tell(codes, score)
-        return self._record(codes, outputs, response, score, info, t2 - t1, t3 - t2)
+        score = self.interleave.correct(self.progress, response, score, extras)  # drift: off unless configured
+        self.optimizer.tell(codes, score[:n])
+        return self._record(codes, outputs, response, score, info, t2 - t1, t3 - t2, extras)
+
+    def room(self) -> int:
+        """Stimuli the budget still allows (budget_counts: the optimizer's stimuli, or presentations)."""
+        if self.budget_counts == "stimuli":
+            return self.budget - self.progress.n_evaluations
+        return (self.budget - self.progress.n_presentations) // self.per_image
 
     def budget_left_in_ask(self) -> int:
         """Evaluations a white-box ask may still spend, keeping room for the codes it returns."""
-        return self.budget - self.progress.n_evaluations - self._asked
+        return self.room() - self._asked
 
     def commit(self, codes, images, raw, info, time_generate: float, time_evaluate: float) -> dict:
         """A white-box pass (stimopt.differentiable): checked, scored and stored as a generation; not told."""
@@ -136,14 +164,20 @@ class Run:
         response, score = self.objective(outputs)
         return self._record(codes, outputs, response, score, info, time_generate, time_evaluate)
 
-    def _record(self, codes, outputs, response, score, info, time_generate: float, time_evaluate: float) -> dict:
-        """Best so far, counters, the store (one transaction with the checkpoint), observers."""
-        p = self.progress
+    def _record(self, codes, outputs, response, score, info, time_generate: float, time_evaluate: float,
+                extras=()) -> dict:
+        """Best so far, counters, the store (one transaction with the checkpoint), observers.
+        The first ``len(codes)`` rows are the optimizer's stimuli, the rest ``extras``."""
+        p, n = self.progress, len(codes)
+        trials = getattr(self.target, "trial_records", lambda: None)()  # per image shown, or None
+        shown = self.interleave.rows(extras, outputs[n:], response[n:], score[n:], trials and trials[n:])
+        outputs, response, score = outputs[:n], response[:n], score[:n]
         finite = np.isfinite(score)
         best = int(np.flatnonzero(finite)[np.argmax(score[finite])]) if finite.any() else None
         if best is not None and score[best] > p.best_score:
             p.best_score, p.best_response = float(score[best]), float(response[best])
-        p.n_evaluations += len(codes)
+        p.n_evaluations += n
+        p.n_presentations += (n + len(shown)) * self.per_image
         p.time_generate += time_generate
         p.time_evaluate += time_evaluate
         now = time.perf_counter()
@@ -159,7 +193,7 @@ class Run:
         p.generation += 1
         self.store.append_generation(
             record["generation"], codes, response, score, outputs if outputs.ndim == 2 else None, info,
-            p.n_evaluations, now - self._clock, self.checkpoint(),
+            p.n_evaluations, now - self._clock, self.checkpoint(), trials=trials and trials[:n], extras=shown,
         )
         self._clock = time.perf_counter()
         p.time_total += self._clock - now
@@ -194,6 +228,6 @@ class Run:
     def run(self) -> Progress:
         for obs in self.observers:
             obs.on_start(self)
-        while self.progress.n_evaluations < self.budget:
+        while self.room() > 0:
             self.step()
         return self.progress

@@ -212,9 +212,15 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
     names = (component_name(cfg.target), gen_name, opt_name)
     noisy = (cfg.get("noise") or {}).get("kind") not in (None, "none", "null", False)
     check_white_box(opt_cls, resolve_class("target", cfg.target), gen_cls, names, noisy)  # before anything is shown
+    from stimopt.interleave import Interleave, from_config
+
     optimizer = build("optimizer", cfg.optimizer)
+    # target.references / target.elites are the engine's (stimopt.interleave), not the target class's options
+    target_options = OmegaConf.to_container(cfg.target, resolve=True)
+    references, elites = from_config(target_options)
+    target_node = OmegaConf.create({k: v for k, v in target_options.items() if k not in ("references", "elites")})
     # the noise group (noise=none|poisson|gaussian) wraps any target (stimopt.noise)
-    target = noise.wrap(build("target", cfg.target, device=cfg.device), cfg.get("noise"), seed=int(cfg.seed))
+    target = noise.wrap(build("target", target_node, device=cfg.device), cfg.get("noise"), seed=int(cfg.seed))
     generator = build("generator", cfg.generator, device=cfg.device)
     check_fit(type(generator.space), opt_cls.accepts, gen_name, opt_name, space=generator.space)
     check_white_box(opt_cls, target, generator, names)
@@ -226,6 +232,7 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
         target=target, generator=generator, optimizer=optimizer, objective=objective, store=store,
         budget=int(cfg.budget), batch_size=int(cfg.batch_size),
         on_bad_response=str(cfg.on_bad_response), run_dir=run_dir,
+        budget_counts=str(cfg.get("budget_counts") or "stimuli"), interleave=Interleave(references, elites),
     )
     run.restore()
     return run
@@ -247,6 +254,8 @@ def summarize(run: Run, cfg: DictConfig, wall_s: float, status: str) -> dict:
         "best_response": p.best_response if np.isfinite(p.best_response) else None,
         "n_evaluations": p.n_evaluations,
         "n_missing": int(np.isnan(responses).sum()),
+        "n_presentations": p.n_presentations,  # every image shown x the target's presentations per image
+        "budget_counts": run.budget_counts,
         "evaluations_to_best": evals_to_best,
         "generations": p.generation,
         "direction": cfg.direction,
@@ -265,6 +274,7 @@ def summarize(run: Run, cfg: DictConfig, wall_s: float, status: str) -> dict:
         "overhead_fraction": round(outside / p.time_total, 4) if p.time_total > 0 else None,
         "optimizer_report": run.optimizer.report(),
         "reference": reference.summarize(run, cfg),  # relative activation vs natural images (stimopt.reference)
+        **run.interleave.summarize(run.store),  # references (drift signal), elites (confirmed best): when configured
     }
 
 

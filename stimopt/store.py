@@ -4,9 +4,15 @@ Each generation (its evaluations, its summary row and the engine checkpoint) is 
 transaction before the next ask, so a killed process loses at most the generation in flight.
 
 Tables:
-- ``evaluations``: one row per evaluated stimulus: generation, position in the generation,
+- ``evaluations``: one row per presented stimulus: generation, position in the generation,
   response (NULL when missing), score, all outputs (float32 blob), the code (float32 blob) or
-  bank index that reproduces the image, and optimizer metadata (JSON, e.g. parents).
+  bank index that reproduces the image, optimizer metadata (JSON, e.g. parents), ``kind`` and
+  ``trials``. ``kind`` is NULL for the optimizer's stimuli; ``'reference'`` for a reference image
+  shown alongside (no code, no score: ``info`` says which reference) and ``'repeat'`` for an elite
+  re-presentation (its code; ``info.of`` = the id of the code's first row). Every read below that
+  speaks of "the run's evaluations" (responses, scores, codes, top) reads the optimizer's stimuli
+  only; :meth:`RunStore.shown` reads the others. ``trials``: what the target reported per stimulus
+  (JSON, e.g. a rig's per-trial window and baseline counts), NULL when it reported nothing.
 - ``generations``: per generation n, best/mean response, cumulative evaluations, wall time.
 - ``checkpoint``: the latest engine state (stimopt.state: arrays and plain values, never a pickle),
   replaced every generation.
@@ -35,7 +41,9 @@ CREATE TABLE IF NOT EXISTS evaluations (
     outputs BLOB,
     code BLOB,
     bank_index INTEGER,
-    info TEXT
+    info TEXT,
+    kind TEXT,
+    trials TEXT
 );
 CREATE TABLE IF NOT EXISTS generations (
     generation INTEGER PRIMARY KEY,
@@ -48,6 +56,8 @@ CREATE TABLE IF NOT EXISTS generations (
 );
 CREATE TABLE IF NOT EXISTS checkpoint (id INTEGER PRIMARY KEY CHECK (id = 0), generation INTEGER, state BLOB);
 """
+ADDED_COLUMNS = {"kind": "TEXT", "trials": "TEXT"}  # a store written before them gains them (NULL: a stimulus)
+STIMULI = "kind IS NULL"
 
 
 def probe(path: str | Path) -> dict:
@@ -81,6 +91,16 @@ def _nan_to_none(x: float):
     return None if x is None or not math.isfinite(x) else float(x)
 
 
+def _row(generation, position, response, score, outputs, code, bank: bool, info, kind, trials) -> tuple:
+    """One evaluations row (its columns in SCHEMA's order after the id)."""
+    if code is not None and not bank:
+        code = np.ascontiguousarray(code, dtype=np.float32).reshape(-1).tobytes()
+    return (generation, position, _nan_to_none(response), _nan_to_none(score),
+            None if outputs is None else np.ascontiguousarray(outputs, dtype=np.float32).reshape(-1).tobytes(),
+            None if bank else code, int(code) if bank and code is not None else None,
+            None if info is None else json.dumps(info), kind, None if trials is None else json.dumps(trials))
+
+
 class RunStore:
     def __init__(self, path: str | Path, synchronous: str = "FULL"):
         self.path = Path(path)
@@ -89,6 +109,10 @@ class RunStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={synchronous}")
         self.db.executescript(SCHEMA)
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(evaluations)")}
+        for column, type_ in ADDED_COLUMNS.items():
+            if column not in have:
+                self.db.execute(f"ALTER TABLE evaluations ADD COLUMN {column} {type_}")
 
     def check(self) -> None:
         """A damaged file (truncated, overwritten) is one StimoptError naming the way to salvage it."""
@@ -124,30 +148,30 @@ class RunStore:
         n_evaluations: int,
         wall_s: float,
         checkpoint: dict,
+        trials: list | None = None,
+        extras: list[dict] | None = None,
     ) -> None:
-        """Commit one generation and the checkpoint to continue after it, atomically."""
+        """Commit one generation and the checkpoint to continue after it, atomically.
+
+        ``trials``: per stimulus, what the target reported (JSON-able) or None. ``extras``: the other
+        stimuli shown in the generation, after the optimizer's, one dict each with ``kind``,
+        ``code`` (None for a reference), ``response``, ``score``, ``outputs``, ``info``, ``trials``.
+        """
         bank = codes.ndim == 1 and np.issubdtype(codes.dtype, np.integer)
-        flat = codes if bank else np.ascontiguousarray(codes.reshape(len(codes), -1), dtype=np.float32)
         outs = None if outputs is None else np.ascontiguousarray(outputs, dtype=np.float32).reshape(len(codes), -1)
-        rows = []
-        for i in range(len(codes)):
-            rows.append((
-                generation,
-                i,
-                _nan_to_none(response[i]),
-                _nan_to_none(score[i]),
-                None if outs is None else outs[i].tobytes(),
-                None if bank else flat[i].tobytes(),
-                int(flat[i]) if bank else None,
-                None if info is None else json.dumps(info[i]),
-            ))
+        rows = [_row(generation, i, response[i], score[i], None if outs is None else outs[i], codes[i], bank,
+                     None if info is None else info[i], None, None if trials is None else trials[i])
+                for i in range(len(codes))]
+        for j, e in enumerate(extras or ()):
+            rows.append(_row(generation, len(codes) + j, e["response"], e["score"], e.get("outputs"), e.get("code"),
+                             bank, e.get("info"), e["kind"], e.get("trials")))
         finite = response[np.isfinite(response)]
         blob = safe_state.dumps(checkpoint)
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany(
-                "INSERT INTO evaluations (generation, position, response, score, outputs, code, bank_index, info)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO evaluations (generation, position, response, score, outputs, code, bank_index, info, kind, trials)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             self.db.execute(
@@ -175,7 +199,8 @@ class RunStore:
             raise StimoptError(f"cannot resume: {exc}; start a new run (stimopt-recover salvages the evaluations)") from None
 
     def n_evaluations(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
+        """The optimizer's stimuli committed (references and repeats not counted: :meth:`shown`)."""
+        return self.db.execute(f"SELECT COUNT(*) FROM evaluations WHERE {STIMULI}").fetchone()[0]
 
     def generations(self) -> list[dict]:
         cur = self.db.execute(
@@ -187,19 +212,19 @@ class RunStore:
 
     def responses(self) -> np.ndarray:
         """All responses in evaluation order (NaN where missing)."""
-        rows = self.db.execute("SELECT response FROM evaluations ORDER BY id").fetchall()
+        rows = self.db.execute(f"SELECT response FROM evaluations WHERE {STIMULI} ORDER BY id").fetchall()
         return np.array([np.nan if r[0] is None else r[0] for r in rows], dtype=np.float64)
 
     def scores(self) -> np.ndarray:
         """All scores (direction applied by the run's objective) in evaluation order (NaN where missing)."""
-        rows = self.db.execute("SELECT score FROM evaluations ORDER BY id").fetchall()
+        rows = self.db.execute(f"SELECT score FROM evaluations WHERE {STIMULI} ORDER BY id").fetchall()
         return np.array([np.nan if r[0] is None else r[0] for r in rows], dtype=np.float64)
 
     def top(self, k: int) -> list[dict]:
         """The k best-scoring evaluations with their codes (array) or bank indices."""
         cur = self.db.execute(
             "SELECT id, generation, position, response, score, code, bank_index FROM evaluations"
-            " WHERE score IS NOT NULL ORDER BY score DESC, id ASC LIMIT ?",
+            f" WHERE score IS NOT NULL AND {STIMULI} ORDER BY score DESC, id ASC LIMIT ?",
             (k,),
         )
         out = []
@@ -212,10 +237,44 @@ class RunStore:
 
     def codes(self) -> np.ndarray:
         """Every evaluated code (float32 [N, dim]) or bank index (int64 [N]), in evaluation order."""
-        rows = self.db.execute("SELECT code, bank_index FROM evaluations ORDER BY id").fetchall()
+        rows = self.db.execute(f"SELECT code, bank_index FROM evaluations WHERE {STIMULI} ORDER BY id").fetchall()
         if rows and rows[0][0] is None:
             return np.array([r[1] for r in rows], dtype=np.int64)
         return np.stack([np.frombuffer(r[0], dtype=np.float32) for r in rows]) if rows else np.zeros((0, 0), np.float32)
+
+    def presentation_means(self, min_count: int = 1, limit: int = 1) -> list[dict]:
+        """The optimizer's codes ranked by mean score over all their presentations (first showing and
+        ``'repeat'`` rows; missing ones not counted), best first, ties by the earliest: ``id`` (the
+        code's first row), ``code``, ``mean_score``, ``mean_response``, ``presentations``."""
+        cur = self.db.execute(
+            "SELECT origin, AVG(score), AVG(response), COUNT(score) FROM ("
+            " SELECT CASE WHEN kind = 'repeat' THEN json_extract(info, '$.of') ELSE id END AS origin, score, response"
+            f" FROM evaluations WHERE {STIMULI} OR kind = 'repeat')"
+            " GROUP BY origin HAVING COUNT(score) >= ? ORDER BY AVG(score) DESC, origin ASC LIMIT ?",
+            (int(min_count), int(limit)))
+        out = []
+        for origin, mean_score, mean_response, count in cur.fetchall():
+            code, bank_index = self.db.execute("SELECT code, bank_index FROM evaluations WHERE id=?", (origin,)).fetchone()
+            out.append({"id": int(origin), "mean_score": mean_score, "mean_response": mean_response, "presentations": count,
+                        "code": bank_index if code is None else np.frombuffer(code, dtype=np.float32).copy()})
+        return out
+
+    def shown(self, kind: str | None = None) -> list[dict]:
+        """Every row the target was shown, in order, with ``kind`` (None: the optimizer's), ``info``
+        and ``trials`` decoded; ``kind`` given: only those rows (``'stimulus'`` for the optimizer's)."""
+        where = "" if kind is None else f"WHERE {STIMULI}" if kind == "stimulus" else "WHERE kind = ?"
+        cur = self.db.execute(
+            "SELECT id, generation, position, response, score, code, bank_index, info, kind, trials"
+            f" FROM evaluations {where} ORDER BY id", () if kind in (None, "stimulus") else (kind,))
+        out = []
+        for id_, gen, pos, resp, score, code, bank_index, info, kind_, trials in cur.fetchall():
+            out.append({
+                "id": id_, "generation": gen, "position": pos, "kind": kind_,
+                "response": math.nan if resp is None else resp, "score": math.nan if score is None else score,
+                "code": bank_index if code is None else np.frombuffer(code, dtype=np.float32).copy(),
+                "info": None if info is None else json.loads(info), "trials": None if trials is None else json.loads(trials),
+            })
+        return out
 
     def close(self) -> None:
         self.db.close()

@@ -85,6 +85,18 @@ class RigTarget(stimopt.Target):
             raise StimoptError("target.baseline_window needs target.window (spike times are counted in both)")
         self.generation = 0
         self.last: dict = {}
+        self._trial_records = None
+
+    @property
+    def presentations_per_image(self) -> int:
+        """Trials per image shown (what ``budget_counts=presentations`` counts)."""
+        return self.repeats
+
+    def trial_records(self) -> list[dict] | None:
+        """Per image of the last generation, with spike times (``target.window``): the trials used,
+        each with its window and baseline-window counts per channel, and the image's mean baseline;
+        the engine stores them in the evaluations' ``trials`` column. None without a window."""
+        return self._trial_records
 
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -227,6 +239,12 @@ class RigTarget(stimopt.Target):
             self.last.update(window=list(self.window), baseline_window=self.baseline_window and list(self.baseline_window),
                              baseline=[[None if math.isnan(v) else float(v) for v in row] for row in base],
                              spike_trials=reader.trials)
+            per_image = [{"baseline": row, "trials": []} for row in self.last["baseline"]]
+            for t in reader.trials:
+                per_image[t["index"]]["trials"].append({"repeat": t["repeat"], "window": t["window"], "baseline": t["baseline"]})
+            self._trial_records = per_image
+        else:
+            self._trial_records = None
         if self.link is not None:
             self.last["transport"] = "zmq"
         self._append("log.jsonl", [self.last], problems)
