@@ -31,8 +31,8 @@ def source(n=200, size=16, seed=0):
 
 
 def test_planted_luminance_neuron_has_the_planted_sign(tmp_path):
-    ctx = Context(options={"n": None, "k": 20, "folds": 5}, source=source(), make_target=lambda **kw: Luminance(), out=tmp_path,
-                  batch_size=50)
+    ctx = Context(options={"n": None, "k": 20, "folds": 5, "embeddings": False}, source=source(),
+                  make_target=lambda **kw: Luminance(), out=tmp_path, batch_size=50)
     run_analysis("statistics", ctx)
     data = json.loads((tmp_path / "statistics.json").read_text())
     up, down = data["units"]
@@ -64,3 +64,40 @@ def test_too_small_a_screen_is_one_line(tmp_path):
     ctx = Context(options={"n": 30, "k": 20}, source=source(), make_target=lambda **kw: Luminance(), out=tmp_path)
     with pytest.raises(StimoptError, match="needs at least 40"):
         run_analysis("statistics", ctx)
+
+
+# FeatureSpec's network-free model (downsampled pixels): the same code path as a real backbone, in milliseconds
+TINY_BACKBONE = {"model": "pixels", "layer": "-", "input_size": 4}
+
+
+class EmbeddingNeuron(stimopt.Target):
+    """Planted: a random direction in the embedding space of the classifier's backbone; nothing else."""
+
+    def __init__(self):
+        from stimopt.bank.features import FeatureExtractor, FeatureSpec
+
+        self.extract = FeatureExtractor(FeatureSpec(**TINY_BACKBONE))
+        self.w = np.random.default_rng(4).standard_normal(self.extract.dim)
+
+    def evaluate(self, images):
+        return self.extract(images).astype(np.float64) @ self.w
+
+
+def test_embedding_classifier_separates_a_planted_embedding_neuron(tmp_path, one_thread):
+    neuron = EmbeddingNeuron()
+    opts = {"n": None, "k": 20, "folds": 5, "embeddings": "auto", "backbone": TINY_BACKBONE}
+    run_analysis("statistics", Context(options=opts, source=source(), make_target=lambda **kw: neuron, out=tmp_path,
+                                       batch_size=50))
+    data = json.loads((tmp_path / "statistics.json").read_text())
+    assert data["embedding_dim"] == neuron.extract.dim and "computed here" in data["embeddings"]
+    assert data["units"][0]["accuracy_embeddings"] > 0.95  # the sets lie on the two sides of the planted direction
+    assert "on embeddings" in (tmp_path / "report.md").read_text()
+
+
+def test_bad_embedding_options_are_one_line(tmp_path):
+    base = {"n": None, "k": 5, "folds": 2}
+    for opts, message in (({"embeddings": "bank"}, "this bank has no features"), ({"embeddings": "guess"}, "is not one of auto"),
+                          ({"embeddings": "backbone", "backbone": {"modle": "x"}}, "statistics.backbone takes")):
+        ctx = Context(options={**base, **opts}, source=source(60), make_target=lambda **kw: Luminance(), out=tmp_path)
+        with pytest.raises(StimoptError, match=message):
+            run_analysis("statistics", ctx)

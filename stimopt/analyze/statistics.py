@@ -7,12 +7,19 @@ sets with effect sizes (Cohen's d with the pooled SD, Welch's t-test p), and a
 difference-of-means classifier (features z-scored on the training folds; an image is called
 preferred when its projection on mean(pref) - mean(anti) lies past the midpoint of the two
 training means) with held-out accuracy over ``folds`` stratified folds; the same classifier on
-the bank's backbone features (``features.npy``) when the bank has them.
+backbone embeddings of the same images (the paper's Fig. 5a uses DNN features next to the
+interpretable ones). ``statistics.embeddings``: ``auto`` (default; ``true`` too) the bank's own
+features (``features.npy`` of a built bank) when it has them, else embeddings computed here with
+``statistics.backbone`` (a :class:`stimopt.bank.features.FeatureSpec`: any layer of any
+torchvision/timm model, average-pooled; default the demo bank's EfficientNet-Lite0 ``blocks.3``,
+so a built and an unbuilt demo bank give the same embeddings); ``bank`` only the bank's;
+``backbone`` always computed; ``false`` none.
 
 JSON keys: ``statistics`` (name -> description), ``units`` (one entry per neuron: ``unit``,
-``accuracy``, ``accuracy_embeddings`` (null without bank features), ``n_pref``, ``n_anti``,
+``accuracy``, ``accuracy_embeddings`` (null without embeddings), ``n_pref``, ``n_anti``,
 ``stats``: name -> ``mean_pref``, ``mean_anti``, ``difference``, ``cohens_d``, ``p``),
-``median_accuracy``, ``median_accuracy_embeddings``, ``k``, ``folds``.
+``median_accuracy``, ``median_accuracy_embeddings``, ``embeddings`` (where they came from, or
+null), ``embedding_dim``, ``k``, ``folds``.
 """
 from __future__ import annotations
 
@@ -57,6 +64,45 @@ def dom_accuracy(x_pref: np.ndarray, x_anti: np.ndarray, folds: int = 5, seed: i
     return correct / len(y)
 
 
+EMBEDDINGS = ("auto", "bank", "backbone", "false")
+#: statistics.backbone's default (conf/analyze.yaml): the demo bank's own feature spec
+DEFAULT_BACKBONE = {"model": "efficientnet_lite0", "layer": "blocks.3", "input_size": 128, "pool_kernel": 2, "pool_stride": 2,
+                    "weights": "pretrained"}
+
+
+def embedding_source(ctx, needed: np.ndarray):
+    """(embeddings [len(needed), d] of bank images ``needed`` (sorted), description) or (None, None)."""
+    opt = ctx.options
+    choice = opt.get("embeddings", "auto")
+    choice = {True: "auto", False: "false", None: "false", "none": "false", "true": "auto"}.get(choice, str(choice))
+    if choice not in EMBEDDINGS:
+        raise StimoptError(f"statistics.embeddings={choice} is not one of {', '.join(EMBEDDINGS)} (or true/false)")
+    if choice == "false":
+        return None, None
+    feats = getattr(ctx.source, "features", None)
+    if feats is not None and choice in ("auto", "bank"):
+        spec = (getattr(ctx.source, "extras", None) or {}).get("feature") or {}
+        what = "the bank's features" + (f" ({spec.get('model')} {spec.get('layer')})" if spec else "")
+        return np.asarray(feats[needed], np.float64).reshape(len(needed), -1), what
+    if choice == "bank":
+        raise StimoptError("statistics.embeddings=bank but this bank has no features (build it with `stimopt-bank build`); "
+                           "use statistics.embeddings=backbone to compute them")
+    from tqdm import tqdm
+
+    from stimopt.bank.features import FeatureExtractor, FeatureSpec
+
+    given = dict(opt.get("backbone") or DEFAULT_BACKBONE)
+    known = set(FeatureSpec.__dataclass_fields__)
+    if set(given) - known:
+        raise StimoptError(f"statistics.backbone takes {', '.join(sorted(known))}; got {', '.join(sorted(set(given) - known))}")
+    spec = FeatureSpec(**given)
+    extract = FeatureExtractor(spec, "cpu")
+    chunk = max(1, int(spec.batch_size))
+    out = [extract(ctx.source.images(needed[s:s + chunk]))
+           for s in tqdm(range(0, len(needed), chunk), desc="statistics: embeddings", unit="batch", leave=False)]
+    return np.concatenate(out).astype(np.float64), f"{spec.model} {spec.layer} at {spec.input_size} px (computed here)"
+
+
 def _sets(ctx, k: int):
     opt = ctx.options
     if opt.get("screen"):
@@ -83,7 +129,7 @@ def run(ctx) -> Outputs:
     needed = np.unique(np.concatenate([top.ravel(), bottom.ravel()]))
     stats = np.concatenate([image_statistics(ctx.source.images(needed[s:s + 256])) for s in range(0, len(needed), 256)])
     row_of = {int(i): r for r, i in enumerate(needed)}
-    feats = getattr(ctx.source, "features", None) if opt.get("embeddings", True) else None
+    emb_all, emb_what = embedding_source(ctx, needed)
     stat_names = list(STATISTICS)
     units, rows = [], []
     for j, name in enumerate(names):
@@ -97,9 +143,9 @@ def run(ctx) -> Outputs:
                    "difference": float(a[:, c].mean() - b[:, c].mean()), "cohens_d": float(d[c]),
                    "p": float(p[c]) if np.isfinite(p[c]) else None} for c, s in enumerate(stat_names)}
         emb = None
-        if feats is not None:
-            fa = np.asarray(feats[np.sort(top[j])], np.float64).reshape(len(top[j]), -1)
-            fb = np.asarray(feats[np.sort(bottom[j])], np.float64).reshape(len(bottom[j]), -1)
+        if emb_all is not None:
+            fa = emb_all[[row_of[int(i)] for i in top[j]]]
+            fb = emb_all[[row_of[int(i)] for i in bottom[j]]]
             emb = dom_accuracy(fa, fb, folds, ctx.seed)
         units.append({"unit": name, "accuracy": dom_accuracy(a, b, folds, ctx.seed), "accuracy_embeddings": emb,
                       "n_pref": len(a), "n_anti": len(b), "stats": per})
@@ -107,11 +153,12 @@ def run(ctx) -> Outputs:
     acc = [u["accuracy"] for u in units]
     embs = [u["accuracy_embeddings"] for u in units if u["accuracy_embeddings"] is not None]
     payload = {"sets": what, "k": k, "folds": folds, "statistics": STATISTICS, "units": units,
-               "median_accuracy": float(np.median(acc)), "median_accuracy_embeddings": float(np.median(embs)) if embs else None}
+               "median_accuracy": float(np.median(acc)), "median_accuracy_embeddings": float(np.median(embs)) if embs else None,
+               "embeddings": emb_what, "embedding_dim": None if emb_all is None else int(emb_all.shape[1])}
     strongest = max(stat_names, key=lambda s: abs(np.median([u["stats"][s]["cohens_d"] for u in units])))
     line = (f"{len(units)} neuron(s), {what}: difference-of-means accuracy {payload['median_accuracy']:.2f} on {len(stat_names)} "
-            f"statistics" + (f", {payload['median_accuracy_embeddings']:.2f} on bank features" if embs else "")
-            + f"; largest |d|: {strongest} (median d {np.median([u['stats'][strongest]['cohens_d'] for u in units]):+.2f})")
+            f"statistics" + (f", {payload['median_accuracy_embeddings']:.2f} on embeddings" if embs else "")
+            + (f" ({emb_what}, {emb_all.shape[1]} dims)" if embs else "") + f"; largest |d|: {strongest} (median d {np.median([u['stats'][strongest]['cohens_d'] for u in units]):+.2f})")
     return Outputs(payload, rows, lambda path: _figure(path, units, stat_names), line)
 
 
