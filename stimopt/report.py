@@ -80,6 +80,13 @@ def save_trajectory(run, path: Path) -> None:
     ax.plot(n, so_far, label="best so far")
     ax.plot(n, best, alpha=0.5, label="generation best")
     ax.plot(n, mean, alpha=0.5, label="generation mean")
+    refs = run.store.shown("reference")
+    if refs:  # the drift / health signal: mean response to the reference images at each showing
+        at = {g["generation"]: g["n_evaluations"] for g in gens}
+        shown = sorted({r["generation"] for r in refs})
+        seen = [[r["response"] for r in refs if r["generation"] == g and np.isfinite(r["response"])] for g in shown]
+        means = [np.mean(v) if v else np.nan for v in seen]
+        ax.plot([at[g] for g in shown], means, "k.--", alpha=0.7, label="reference images (mean)")
     ax.set_xlabel("evaluations")
     ax.set_ylabel("response")
     ax.legend(fontsize=8)

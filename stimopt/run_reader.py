@@ -18,6 +18,9 @@ import numpy as np
 from stimopt.errors import StimoptError
 
 STORE_NAME = "evaluations.sqlite"
+# the optimizer's stimuli (stimopt.store: reference images and elite repeats carry a kind); a store
+# written before the column existed has only those
+STIMULI = "(kind IS NULL)"
 BUSY_TIMEOUT_S = 0.25
 
 
@@ -56,12 +59,18 @@ def _decode(row: dict) -> dict:
     return row
 
 
+def _stimuli(db: sqlite3.Connection) -> str:
+    """The WHERE term that keeps the optimizer's stimuli."""
+    has_kind = any(r[1] == "kind" for r in db.execute("PRAGMA table_info(evaluations)"))
+    return STIMULI if has_kind else "1"
+
+
 def _extremes(db: sqlite3.Connection, k: int, best: bool) -> list[dict]:
     order = "DESC" if best else "ASC"
     rows = _rows(
         db,
         "SELECT id, generation, position, response, score, code, bank_index FROM evaluations"
-        f" WHERE score IS NOT NULL ORDER BY score {order}, id ASC LIMIT ?",
+        f" WHERE score IS NOT NULL AND {_stimuli(db)} ORDER BY score {order}, id ASC LIMIT ?",
         (int(k),),
     )
     return [_decode(r) for r in rows]
@@ -84,14 +93,15 @@ def snapshot(run_dir: str | Path, k: int = 8, worst: bool = True) -> dict:
                     " FROM generations ORDER BY generation",
                 )
                 per_gen = dict((g, (sc, r)) for g, sc, r in db.execute(  # SQLite: r is the row of MAX(score)
-                    "SELECT generation, MAX(score), response FROM evaluations WHERE score IS NOT NULL GROUP BY generation"))
+                    f"SELECT generation, MAX(score), response FROM evaluations WHERE score IS NOT NULL AND {_stimuli(db)}"
+                    " GROUP BY generation"))
                 best = _extremes(db, k, True)
                 bottom = _extremes(db, k, False) if worst else []
                 first_best = None
                 if best:
                     first_best = db.execute(
-                        "SELECT COUNT(*) FROM evaluations WHERE id <= (SELECT MIN(id) FROM evaluations"
-                        " WHERE score IS NOT NULL AND score >= ?)", (best[0]["score"],)
+                        f"SELECT COUNT(*) FROM evaluations WHERE {_stimuli(db)} AND id <= (SELECT MIN(id) FROM evaluations"
+                        f" WHERE score IS NOT NULL AND score >= ? AND {_stimuli(db)})", (best[0]["score"],)
                     ).fetchone()[0]
             except sqlite3.OperationalError:
                 gens, per_gen, best, bottom, first_best = [], {}, [], [], None

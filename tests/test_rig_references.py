@@ -19,6 +19,7 @@ from stimopt.objective import Objective
 from stimopt.store import RunStore
 from stimopt_plugins.image_codes import PixelGenerator
 from stimopt_plugins.random_search import RandomSearch
+from stimopt_plugins.rig.sim import LabSim
 
 
 class DriftingRed(stimopt.Target):
@@ -204,3 +205,79 @@ def test_bad_reference_options_are_one_line_errors(tmp_path):
         References(source=str(reference_folder(tmp_path)), n=5).images(torch.zeros(1, 3, 8, 8))
     with pytest.raises(StimoptError, match="neither"):
         References(source=str(tmp_path / "nowhere")).images(torch.zeros(1, 3, 8, 8))
+
+
+def spike_counts(rig, g, n, window=(0.05, 0.2), baseline=(-0.1, 0.0)):
+    """Per image of generation g, from the inbox's spike times (distinct trials): [(repeat, window, baseline)]."""
+    from stimopt_plugins.rig import gen_name
+
+    seen, out = set(), [[] for _ in range(n)]
+    for line in (rig / "inbox" / f"{gen_name(g)}.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("generation") != g or rec.get("done") or (rec["index"], rec["repeat"]) in seen:
+            continue
+        seen.add((rec["index"], rec["repeat"]))
+        t = np.asarray(rec["spikes"][0])
+        out[rec["index"]].append((rec["repeat"], int(((t >= window[0]) & (t < window[1])).sum()),
+                                  int(((t >= baseline[0]) & (t < baseline[1])).sum())))
+    return out
+
+
+class Crash(BaseException):
+    """Stands for a kill: nothing after it is committed (the kill loop does it with SIGKILL)."""
+
+
+@pytest.mark.slow
+def test_rig_run_crashed_and_resumed_with_references_elites_and_spike_times(tmp_path, compose, one_thread, monkeypatch):
+    """run_experiment with target=rig and the simulated lab: references every 2 generations, one elite
+    re-shown, spike times with a baseline window, the budget in presentations; it dies while waiting
+    for generation 2 (references and an elite in it) and is resumed: each generation presented once,
+    every row (stimuli, references, repeats) holds its inbox answers, the per-trial baseline counts
+    are in the store, summary.json reports both counts, the drift signal and the confirmed best."""
+    from stimopt.experiment import run_experiment
+    from stimopt_plugins.rig import target as rig_target
+    from test_rig import lab_in_thread
+
+    rig, run = tmp_path / "rig", tmp_path / "run"
+    sim = LabSim(rig, weights="random", input_size=8, spikes=True, drop=0.2, reorder=True, seed=7)
+    lab = lab_in_thread(sim, n_generations=100, timeout=6.0)
+    args = ["experiment=rig", f"target.rig_dir={rig}", "target.timeout_s=20", "target.poll_s=0.005",
+            "target.presentations=2", "generator=pixels", "generator.size=8", "generator.resolution=4",
+            "optimizer=random", "seed=3", "budget=60", "batch_size=4", "logger=none", "reference.kind=null",
+            f"target.references.source={reference_folder(tmp_path)}", "target.references.n=2", "target.references.every=2",
+            "target.elites.n=1", "budget_counts=presentations", "target.window=[0.05,0.2]", "target.baseline_window=[-0.1,0.0]"]
+
+    def crash(stage, g):
+        if (stage, g) == ("wait", 2):
+            monkeypatch.setattr(rig_target, "_crash_point", lambda *a: None)
+            raise Crash
+
+    monkeypatch.setattr(rig_target, "_crash_point", crash)
+    with pytest.raises(Crash):
+        run_experiment(compose(args), run, observers=[], progress=False)
+    store = RunStore(run / "evaluations.sqlite")
+    assert store.n_evaluations() == 8 and {r["kind"] for r in store.shown()} == {None, "reference", "repeat"}
+    store.close()
+    summary = run_experiment(compose([*args, f"resume={run}"]), run, observers=[], progress=False)
+    (rig / "STOP").touch()
+    lab.join(10)
+    presented = [json.loads(x)["generation"] for x in (rig / "sim_presented.jsonl").read_text().splitlines()]
+    store = RunStore(run / "evaluations.sqlite")
+    rows = store.shown()
+    n_gen = max(r["generation"] for r in rows) + 1
+    assert n_gen >= 4 and sorted(presented) == list(range(n_gen)) and not (rig / "outbox" / "stale").exists()
+    for g in range(n_gen):  # each row: the mean of its image's distinct trials, and those trials' counts
+        mine = [r for r in rows if r["generation"] == g]
+        n_stimuli = sum(r["kind"] is None for r in mine)
+        assert [r["kind"] for r in mine] == [None] * n_stimuli + ["reference"] * (2 if g % 2 == 0 else 0) + ["repeat"] * (g > 0)
+        trials = spike_counts(rig, g, len(mine))
+        for r, got in zip(mine, trials):
+            want = np.mean([w for _, w, _ in got]) if got else math.nan
+            assert r["response"] == pytest.approx(want, nan_ok=True)
+            assert sorted((t["repeat"], t["window"][0], t["baseline"][0]) for t in r["trials"]["trials"]) == sorted(got)
+    assert summary["n_presentations"] == 2 * len(rows) <= 60 and summary["n_evaluations"] == store.n_evaluations()
+    assert summary["budget_counts"] == "presentations" and summary["status"] == "finished"
+    assert [s["generation"] for s in summary["references"]["showings"]] == list(range(0, n_gen, 2))
+    assert summary["elites"]["n_repeats"] == n_gen - 1 and summary["elites"]["confirmed_best"] is not None
+    assert json.loads((run / "summary.json").read_text())["references"] == summary["references"]
+    store.close()
