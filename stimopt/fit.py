@@ -7,6 +7,13 @@ A Hydra app like ``stimopt`` (plugins' config folders are on its search path), p
     stimopt-fit model=encoder model.backbone=efficientnet_lite0 data.responses=nsd.h5 data.format=nsd
     stimopt-fit model=v4_ensemble data.twin.n_images=2000     # synthetic "digital twin" data
     stimopt-fit mode=match checkpoint=fits/v4/model.pt data.images=... data.responses=...
+    stimopt-fit model=encoder model.readout=mix_relu data.images=... data.responses=...   # one readout
+    stimopt-fit model=encoder model.readout=compare out=fits/readouts   # the six readouts of the seed
+        # paper's Fig. 2a on one split: readouts.json/.csv/.png, model_<readout>.pt each, model.pt the best
+
+The encoder family's readouts (``model.readout``: linear, relu, quantile, gain_offset, mix_relu,
+mix_linear, compare) are options of that model family (its config documents them); every fitted one is a
+``target=encoder target.checkpoint=...`` afterwards.
 
 The model contract (how to add ``model=yours`` without touching this file)
 --------------------------------------------------------------------------
