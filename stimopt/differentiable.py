@@ -38,6 +38,13 @@ class DifferentiableObjective:
         return self._run.objective.direction
 
     @property
+    def generator(self):
+        """The run's generator, for white-box optimizers that bring their own image parametrization
+        and pass images as codes (they check here that the generator is such a carrier). Score only
+        through ``__call__``: that is the pass the engine records."""
+        return self._run.generator
+
+    @property
     def remaining(self) -> int:
         """How many codes the current ask may still score through this handle."""
         return self._run.budget_left_in_ask()
