@@ -27,7 +27,8 @@ under ``kornia.geometry.transform`` only: this script aliases them at kornia's t
 Writes ``benchmarks/results/mei_vs_lucent.json`` (after every unit, so a cut run keeps what it
 measured): per unit ``{"unit", "mei", "lucent", "mei_wall_s", "lucent_wall_s", "mei_tv", "lucent_tv"}``
 (``*_tv``: mean absolute difference of neighbouring pixels, lower is smoother), the medians and
-ratios, the machine load; and ``docs/mei_vs_lucent.png`` (MEI row above lucent row, one column per unit).
+ratios, the machine load; the final images (8-bit) beside it (``.npz``, so ``--append`` can redraw
+the grid); and ``docs/mei_vs_lucent.png`` (MEI row above lucent row, one column per unit).
 """
 from __future__ import annotations
 
@@ -173,6 +174,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/mei_vs_lucent.json"))
     ap.add_argument("--png", default=str(ROOT / "docs/mei_vs_lucent.png"))
     ap.add_argument("--no-lucent", action="store_true", help="mei only (lucent column left empty)")
+    ap.add_argument("--append", action="store_true", help="keep the units already in --out (same settings) and add these")
     args = ap.parse_args()
 
     import torch
@@ -186,6 +188,17 @@ def main() -> None:
            "torch": torch.__version__, "kornia": lucent[3] if lucent else None, "threads": torch.get_num_threads(),
            "loadavg_start": os.getloadavg(), "mei_extra_overrides": extra, "units": []}
     rows = []
+    if args.append and Path(args.out).exists():
+        old = json.loads(Path(args.out).read_text())
+        same = all(old.get(k) == out[k] for k in ("layer", "size", "steps", "seed", "mei_extra_overrides"))
+        if not same:
+            sys.exit("mei_vs_lucent: --append needs the same layer, size, steps, seed and --mei as the file's")
+        out["loadavg_start"] = [old.get("loadavg_start"), out["loadavg_start"]]
+        images = np.load(Path(args.out).with_suffix(".npz")) if Path(args.out).with_suffix(".npz").exists() else {}
+        for r in old["units"]:
+            if r["unit"] not in units:
+                rows.append({**r, **{f"{m}_image": images[f"{m}_{r['unit']}"] / 255.0 for m in ("mei", "lucent")
+                                     if f"{m}_{r['unit']}" in images}})
     for u in units:
         m = run_mei(args.layer, u, args.steps, args.size, args.seed, extra)
         row = {"unit": u, "layer": args.layer, "mei": m["activation"], "mei_wall_s": round(m["wall_s"], 2),
@@ -214,7 +227,10 @@ def main() -> None:
         out["loadavg_end"] = os.getloadavg()
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=1))
-        if lucent:
+        np.savez_compressed(Path(args.out).with_suffix(".npz"), **{
+            f"{m}_{r['unit']}": (np.clip(r[f"{m}_image"], 0, 1) * 255).round().astype(np.uint8)
+            for r in rows for m in ("mei", "lucent") if f"{m}_image" in r})
+        if lucent and all("lucent_image" in r for r in rows):
             grid(rows, Path(args.png))
     print(json.dumps(out["summary"], indent=1))
 

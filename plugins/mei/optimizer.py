@@ -48,12 +48,12 @@ class MEI(stimopt.Optimizer):
     def __init__(self, param: str = "fourier", decay: float = 1.0, init_std: float = 0.01, lr: float = 0.05,
                  steps_per_ask: int = 32, jitter: float = 8.0, scale: float = 0.1, rotate: float = 10.0,
                  blur_sigma: float = 0.0, norm: float | None = None, contrast: float | None = None,
-                 diversity: float = 0.0):
+                 diversity: float = 0.0, opponent: float = 0.4):
         for key, value in (("lr", lr), ("init_std", init_std), ("steps_per_ask", steps_per_ask)):
             if not value > 0:
                 raise StimoptError(f"optimizer.{key} must be positive, got {value}")
-        for key, value in (("jitter", jitter), ("scale", scale), ("rotate", rotate), ("blur_sigma", blur_sigma),
-                           ("diversity", diversity)):
+        for key, value in (("opponent", opponent), ("jitter", jitter), ("scale", scale), ("rotate", rotate),
+                           ("blur_sigma", blur_sigma), ("diversity", diversity)):
             if not value >= 0:
                 raise StimoptError(f"optimizer.{key} must be >= 0, got {value}")
         for key, value in (("norm", norm), ("contrast", contrast)):
@@ -65,6 +65,7 @@ class MEI(stimopt.Optimizer):
         self.steps_per_ask = int(steps_per_ask)
         self.jitter, self.scale, self.rotate = float(jitter), float(scale), float(rotate)
         self.blur_sigma, self.norm, self.contrast, self.diversity = float(blur_sigma), norm, contrast, float(diversity)
+        self.opponent = float(opponent)
         self.objective = None
         ImageParam(self.param_kind, 2, 1, self.decay, self.init_std, torch.Generator())  # checks param
 
@@ -88,7 +89,7 @@ class MEI(stimopt.Optimizer):
         self.mode = "image" if carrier else "codes"
         if self.mode == "image":
             self.resolution = side
-            self.param = ImageParam(self.param_kind, side, self.batch_size, self.decay, self.init_std, self.rng)
+            self.param = ImageParam(self.param_kind, side, self.batch_size, self.decay, self.init_std, self.rng, self.opponent)
         else:
             self.resolution = None
             init = torch.randn(self.batch_size, self.space.dim, generator=self.rng) * self.space.init_std + self.space.init_mean

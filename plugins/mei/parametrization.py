@@ -4,7 +4,7 @@
 ``[3, H, W//2 + 1]``, each frequency scaled by ``1 / max(|f|, 1/size)^decay`` (a 1/f spectrum, so
 a unit step moves low frequencies as much as a natural image's power would), inverse-FFT'd
 (orthonormal) into three decorrelated channels (luminance and two colour opponents), mixed into
-RGB by stimopt's ``COLOR_MIX`` and squashed by a sigmoid. Adam on these coefficients is Adam with
+RGB by stimopt's ``COLOR_MIX`` (the opponent channels scaled by ``opponent``) and squashed by a sigmoid. Adam on these coefficients is Adam with
 the 1/f spectrum and the colour decorrelation as a preconditioner: the lucid/lucent recipe.
 
 ``pixel``: per image, logits ``[3, H, W]`` (decorrelated colour too), sigmoid into [0, 1]; with a
@@ -33,11 +33,13 @@ def spectrum_scale(size: int, decay: float) -> torch.Tensor:
 class ImageParam:
     """Parameters of ``batch`` images at ``size`` px; ``images()`` maps them (differentiably) to [0, 1]."""
 
-    def __init__(self, kind: str, size: int, batch: int, decay: float, init_std: float, generator: torch.Generator):
+    def __init__(self, kind: str, size: int, batch: int, decay: float, init_std: float, generator: torch.Generator,
+                 opponent: float = 1.0):
         if kind not in PARAMS:
             raise StimoptError(f"optimizer.param must be one of {', '.join(PARAMS)}, got '{kind}'")
         self.kind, self.size = kind, int(size)
-        self.mix = COLOR_MIX.clone()
+        # columns: luminance, two colour opponents; natural images vary less in colour than in luminance
+        self.mix = COLOR_MIX * torch.tensor([1.0, float(opponent), float(opponent)])
         if kind == "fourier":
             self.scale = spectrum_scale(self.size, decay)
             shape = (batch, 3, self.size, self.size // 2 + 1, 2)

@@ -11,8 +11,9 @@
 - ``checkpoint``: a state dict saved with ``torch.save(model.state_dict(), PATH)``, read with
   ``torch.load(weights_only=True)`` (no pickled code runs); null keeps the factory's weights.
 - ``output``: which neuron(s) of the model's ``[B, n]`` output: an index, or a list of indices.
-  A list gives ``[B, k]`` responses (``n_outputs = k``), which the run's objective combines
-  (``objective=single`` reads the first, others weigh them as configured); nothing is averaged here.
+  A list gives ``[B, k]`` responses (``n_outputs = k``); the target does not combine them, the
+  run's objective does (``objective=single``, the default, averages them; ``objective=weighted``,
+  ``mean``, ``contrast``, ``terms``, ``pattern`` combine them otherwise).
 - ``input``: ``rgb`` (images as they are) or ``gray`` (luminance, one channel: ``[B, 1, H, W]``);
   ``size``: images are resized (bilinear, antialiased) to ``size`` x ``size``; ``mean``/``std``:
   optional per-channel normalization applied after that.
