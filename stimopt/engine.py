@@ -18,11 +18,20 @@ with their kind; only the optimizer's are told and count as evaluations. ``budge
 ``stimuli`` (the optimizer's, the default) or ``presentations`` (every image shown, times the
 target's ``presentations_per_image``, references and repeats included).
 
+``lookahead=1`` (latency hiding): while the target evaluates generation g, a thread asks and
+generates generation g+1 (and hands its images to the target's optional ``prepare``), so the
+time between g's last answer and g+1 being shown is the tell, the commit and the publication
+only. The ask of g+1 then cannot see g's answers: a one-generation lag, exact for an optimizer
+whose ask never depends on them (random search), a delayed update for a population method. Only
+optimizers that declare ``asks_ahead`` (an ask may come before the previous tell; tell names its
+codes) allow it. The asked-ahead codes are in the checkpoint, so a resumed run shows exactly them.
+
 Observers (progress bar, W&B, ...) hang off the loop; they never change what it computes.
 """
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +48,33 @@ from stimopt.store import RunStore
 
 BAD_RESPONSE_POLICIES = ("stop", "skip")
 BUDGET_COUNTS = ("stimuli", "presentations")
+
+
+class Ahead(threading.Thread):
+    """The next generation asked, generated and prepared (``target.prepare``) while the target works."""
+
+    def __init__(self, run: "Run", n: int):
+        super().__init__(name="stimopt-lookahead", daemon=True)
+        self.run_, self.n, self.value, self.error = run, n, None, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            codes, info, _ = self.run_._ask(self.n)
+            with torch.inference_mode():
+                images = self.run_.generator.generate(codes)
+            prepare = getattr(self.run_.target, "prepare", None)
+            if prepare is not None:
+                prepare(images)
+            self.value = {"codes": codes, "info": info, "images": images}
+        except BaseException as exc:  # noqa: BLE001 - raised in the loop's thread by result()
+            self.error = exc
+
+    def result(self) -> dict:
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 class Observer:
@@ -79,11 +115,13 @@ class Run:
     on_bad_response: str = "stop"
     budget_counts: str = "stimuli"
     interleave: Interleave = field(default_factory=Interleave)
+    lookahead: int = 0
     run_dir: Path = Path(".")
     observers: list[Observer] = field(default_factory=list)
     progress: Progress = field(default_factory=Progress)
     _clock: float = field(default=0.0, init=False, repr=False)  # end of the last commit (loop time)
     _asked: int = field(default=0, init=False, repr=False)  # codes the ask in flight will return
+    _ahead: dict | None = field(default=None, init=False, repr=False)  # lookahead: the next generation's codes, info, images
 
     def __post_init__(self):
         if self.budget <= 0:
@@ -95,6 +133,11 @@ class Run:
         if self.budget_counts not in BUDGET_COUNTS:
             raise StimoptError(f"budget_counts must be one of {BUDGET_COUNTS}, got '{self.budget_counts}'")
         self.per_image = int(getattr(self.target, "presentations_per_image", 1))
+        if self.lookahead not in (0, 1):
+            raise StimoptError(f"lookahead must be 0 or 1 (generations asked ahead), got {self.lookahead!r}")
+        if self.lookahead and not getattr(self.optimizer, "asks_ahead", False):
+            raise StimoptError(f"lookahead=1 needs an optimizer that may be asked again before it is told (asks_ahead); "
+                               f"{self.optimizer.describe()} is not one: use lookahead=0")
         self.optimizer.bind(DifferentiableObjective(self))
 
     # -- checkpointing ----------------------------------------------------------------------
@@ -102,10 +145,12 @@ class Run:
         """Plain values and arrays only (stimopt.state writes it without pickle)."""
         import dataclasses
 
+        ahead = None if self._ahead is None else {k: self._ahead[k] for k in ("codes", "info")}
         return {
             "progress": dataclasses.asdict(self.progress),
             "optimizer": self.optimizer.state_dict(),
             "target": self.target.state_dict(),
+            "ahead": ahead,
         }
 
     def restore(self) -> bool:
@@ -120,26 +165,26 @@ class Run:
         self.progress = Progress(**{k: v for k, v in dict(state["progress"]).items() if k in known})
         self.optimizer.load_state_dict(state["optimizer"])
         self.target.load_state_dict(state["target"])
+        self._ahead = dict(state["ahead"]) if state.get("ahead") is not None else None
         return True
 
     # -- one generation ---------------------------------------------------------------------
     def step(self) -> dict:
-        extras = self.interleave.plan(self.progress.generation, self.store)  # references, elites to show again
-        n = self.room()
-        if self.budget_counts == "presentations":
-            extras = extras if len(extras) < n else []  # the optimizer's stimuli first
-            n -= len(extras)
-        n = min(self.batch_size, n)
+        g = self.progress.generation
+        extras = self.interleave.plan(g, self.store)  # references, elites to show again
+        n = self._batch(len(extras)) if self._ahead is None else len(self._ahead["codes"])
+        if self.budget_counts == "presentations" and n + len(extras) > self.room():
+            extras = []  # the optimizer's stimuli first
         self._clock, self._asked = time.perf_counter(), n
-        codes = np.asarray(self.optimizer.ask(n))  # a white-box ask commits its own passes in here
-        if len(codes) != n:
-            raise StimoptError(f"optimizer {self.optimizer.describe()} returned {len(codes)} codes for ask({n})")
-        info = self.optimizer.ask_info()
+        codes, info, images = self._ask(n)
         t1 = time.perf_counter()
         with torch.inference_mode():
-            images = self.interleave.append(self.generator.generate(codes), extras, self.generator)
+            images = self.generator.generate(codes) if images is None else images
+            images = self.interleave.append(images, extras, self.generator)
             t2 = time.perf_counter()
+            ahead = self._ask_ahead(g + 1, n, len(extras))  # lookahead: g+1 prepared while the target works
             raw = self.target.evaluate(images)
+            self._ahead = ahead.result() if ahead is not None else None
         t3 = time.perf_counter()
         self._asked = 0
         outputs = self._check(raw, codes, images, n + len(extras))
@@ -147,6 +192,33 @@ class Run:
         score = self.interleave.correct(self.progress, response, score, extras)  # drift: off unless configured
         self.optimizer.tell(codes, score[:n])
         return self._record(codes, outputs, response, score, info, t2 - t1, t3 - t2, extras)
+
+    def _batch(self, n_extras: int, room: int | None = None) -> int:
+        """The optimizer's stimuli in a generation with ``n_extras`` beside them, when the budget has
+        ``room`` left (they make way when the presentation budget is short)."""
+        room = self.room() if room is None else room
+        if self.budget_counts == "presentations" and n_extras < room:
+            room -= n_extras
+        return min(self.batch_size, room)
+
+    def _ask(self, n: int):
+        """(codes, ask info, images or None) of this generation: asked now, or during the last one (lookahead)."""
+        if self._ahead is not None:
+            ahead, self._ahead = self._ahead, None
+            return ahead["codes"], ahead["info"], ahead.get("images")
+        codes = np.asarray(self.optimizer.ask(n))  # a white-box ask commits its own passes in here
+        if len(codes) != n:
+            raise StimoptError(f"optimizer {self.optimizer.describe()} returned {len(codes)} codes for ask({n})")
+        return codes, self.optimizer.ask_info(), None
+
+    def _ask_ahead(self, generation: int, n: int, n_extras: int):
+        """lookahead=1: ask, generate and prepare ``generation`` in a thread (None when off or out of budget),
+        sized for the budget left once the current one (``n`` stimuli, ``n_extras`` beside them) is committed."""
+        if not self.lookahead:
+            return None
+        room = self.room() - (n + n_extras if self.budget_counts == "presentations" else n)
+        n = self._batch(self.interleave.most(generation), room)
+        return Ahead(self, n) if n > 0 else None
 
     def room(self) -> int:
         """Stimuli the budget still allows (budget_counts: the optimizer's stimuli, or presentations)."""

@@ -155,6 +155,11 @@ class Interleave:
             out += [{"kind": "repeat", "code": r["code"], "info": {"of": r["id"]}} for r in self.elites.pick(store)]
         return out
 
+    def most(self, generation: int) -> int:
+        """The most extra stimuli ``generation`` can have (the plan has at most this many)."""
+        refs = self.references.n if self.references is not None and self.references.due(generation) else 0
+        return refs + (self.elites.n if self.elites is not None and self.elites.due(generation) else 0)
+
     def append(self, images, extras: list[dict], generator):
         """The optimizer's images followed by the extras' (references loaded, repeats regenerated)."""
         if not extras:

@@ -37,11 +37,14 @@ def encode_pngs(pixels: np.ndarray, level: int = 0) -> list[bytes]:
     return [head + chunk(b"IDAT", zlib.compress(r.tobytes(), level)) + tail for r in rows]
 
 
-def write_images(folder: Path, pixels: np.ndarray, image_format: str, png_compress_level: int = 0) -> list[str]:
+def write_images(folder: Path, pixels: np.ndarray, image_format: str, png_compress_level: int = 0,
+                 encoded: list[bytes] = ()) -> list[str]:
+    """The generation's image files; ``encoded``: PNG files of the first images, already made (prepare)."""
     if image_format == "npy":
         np.save(folder / "images.npy", pixels)
         return [f"images.npy#{i}" for i in range(len(pixels))]
     names = [f"img_{i:04d}.png" for i in range(len(pixels))]
-    for name, data in zip(names, encode_pngs(pixels, png_compress_level)):  # one file per image is the protocol
+    pngs = list(encoded) + encode_pngs(pixels[len(encoded):], png_compress_level)
+    for name, data in zip(names, pngs):  # one file per image is the protocol
         (folder / name).write_bytes(data)
     return names

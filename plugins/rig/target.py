@@ -10,11 +10,12 @@ import stat
 import time
 
 import numpy as np
+import torch
 
 import stimopt
 from stimopt.errors import StimoptError
 
-from .images import images_to_uint8, request_id, write_images
+from .images import encode_pngs, images_to_uint8, request_id, write_images
 from .inbox import InboxReader, check_window
 from .paths import RigFolder
 from .zmqlink import ZmqLink, check_endpoint
@@ -86,6 +87,29 @@ class RigTarget(stimopt.Target):
         self.generation = 0
         self.last: dict = {}
         self._trial_records = None
+        self._prepared = None  # (images, pixels, request id, PNG files) made ahead by prepare()
+
+    def prepare(self, images) -> None:
+        """Latency hiding (the engine's lookahead): convert and encode the next generation's images
+        while this one is presented; ``evaluate`` then only writes them, for the same images."""
+        pixels = images_to_uint8(images)
+        pngs = encode_pngs(pixels, self.png_compress_level) if self.image_format == "png" else []
+        self._prepared = (images, pixels, request_id(pixels), pngs)
+
+    def _pixels(self, images) -> tuple[np.ndarray, str, list[bytes]]:
+        """(uint8 pixels, request id, PNG files made ahead) of a generation: what prepare() made when
+        these are its images (followed by others: references, repeats), else made now."""
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            ahead, pixels, rid, pngs = prepared
+            if images is ahead:
+                return pixels, rid, pngs
+            k = len(ahead)
+            if len(images) > k and torch.equal(torch.as_tensor(images[:k]), torch.as_tensor(ahead)):
+                pixels = np.concatenate([pixels, images_to_uint8(images[k:])])
+                return pixels, request_id(pixels), pngs
+        pixels = images_to_uint8(images)
+        return pixels, request_id(pixels), []
 
     @property
     def presentations_per_image(self) -> int:
@@ -118,7 +142,7 @@ class RigTarget(stimopt.Target):
             return None
         return rid if isinstance(rid, str) and _RID.match(rid) else None
 
-    def _publish(self, g: int, pixels: np.ndarray, rid: str) -> tuple[bool, dict]:
+    def _publish(self, g: int, pixels: np.ndarray, rid: str, encoded=()) -> tuple[bool, dict]:
         """Write outbox/gen_g unless that exact request is already there: (whether it wrote, the manifest)."""
         outbox = self.folder.resolve("outbox")
         folder = outbox / gen_name(g)  # the entry itself: a symlink there is never followed
@@ -141,7 +165,7 @@ class RigTarget(stimopt.Target):
         self.folder.remove_own(tmp)
         tmp.mkdir()
         _crash_point("outbox", g)
-        files = write_images(tmp, pixels, self.image_format, self.png_compress_level)
+        files = write_images(tmp, pixels, self.image_format, self.png_compress_level, encoded)
         manifest = {
             "protocol": PROTOCOL_WINDOWS if self.window else PROTOCOL, "generation": g, "request_id": rid,
             "images": [{"index": i, "file": f} for i, f in enumerate(files)],
@@ -174,10 +198,9 @@ class RigTarget(stimopt.Target):
     def evaluate(self, images):
         t0, c0 = time.perf_counter(), time.process_time()
         g = self.generation
-        pixels = images_to_uint8(images)
-        rid = request_id(pixels)
+        pixels, rid, encoded = self._pixels(images)
         try:
-            wrote, manifest = self._publish(g, pixels, rid)
+            wrote, manifest = self._publish(g, pixels, rid, encoded)
         except OSError as exc:  # a full disk, a read-only share: nothing was shown for this generation
             raise StimoptError(f"cannot publish generation {g} in {self.outbox}: {exc.strerror or exc}; "
                                "fix that and resume the run (resume=RUN_DIR)") from None
