@@ -41,19 +41,41 @@ def ask_tell_ms(make, dim: int = 432, popsize: int = 20, generations: int = 100)
     return (time.perf_counter() - t) / (generations * popsize) * 1e3
 
 
-def default_run(label: str, unit: int, budget: int) -> dict:
+def default_run(label: str, unit: int, budget: int, extra: tuple = ()) -> dict:
     from stimopt.config import compose
     from stimopt.experiment import build_run
 
-    overrides = [f"budget={budget}", "logger=none", "device=cpu", f"target.unit={unit}", *OPTIMIZERS[label]]
+    overrides = [f"budget={budget}", "logger=none", "device=cpu", f"target.unit={unit}", *OPTIMIZERS[label], *extra]
     with tempfile.TemporaryDirectory() as d:
         run = build_run(compose(overrides), Path(d) / "run")
+        spent = {"optimizer_ask_tell_s": 0.0, "optimizer_state_dict_s": 0.0, "store_append_s": 0.0}
+        timed(run.optimizer, "ask", spent, "optimizer_ask_tell_s")
+        timed(run.optimizer, "tell", spent, "optimizer_ask_tell_s")
+        timed(run.optimizer, "state_dict", spent, "optimizer_state_dict_s")
+        timed(run.store, "append_generation", spent, "store_append_s")
         p = run.run()
         outside = p.time_total - p.time_generate - p.time_evaluate
         run.store.close()
+    spent = {k: v for k, v in spent.items()}
+    spent["optimizer_fraction"] = (spent["optimizer_ask_tell_s"] + spent["optimizer_state_dict_s"]) / p.time_total
+    spent["store_fraction"] = spent["store_append_s"] / p.time_total
     return {"optimizer": label, "unit": unit, "best_response": float(p.best_response), "loop_s": p.time_total,
-            "outside_s": outside, "outside_fraction": outside / p.time_total, "overrides": overrides,
+            "outside_s": outside, "outside_fraction": outside / p.time_total, "breakdown": spent, "overrides": overrides,
             "optimizer_class": run.optimizer.describe()}
+
+
+def timed(obj, name: str, spent: dict, key: str) -> None:
+    """Wrap ``obj.name`` so that its wall time adds to ``spent[key]`` (where the outside time goes)."""
+    fn = getattr(obj, name)
+
+    def wrapper(*a, **k):
+        t = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            spent[key] += time.perf_counter() - t
+
+    setattr(obj, name, wrapper)
 
 
 def main() -> int:
@@ -62,6 +84,8 @@ def main() -> int:
     ap.add_argument("--budget", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/cma_overhead.json")
+    ap.add_argument("--only", default="", help="comma-separated labels to run (default: all)")
+    ap.add_argument("--extra", default="", help="space-separated overrides added to every run (e.g. generator.gain=4.0)")
     ap.add_argument("--keep", default="", help="labels whose runs already in --out are kept, not rerun (e.g. nevergrad)")
     args = ap.parse_args()
 
@@ -80,14 +104,16 @@ def main() -> int:
     print("ask/tell ms per evaluation (432 dims, popsize 20):", {k: round(v, 3) for k, v in out["ask_tell_ms_per_eval"].items()}, flush=True)
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
+    labels = [x for x in OPTIMIZERS if x in args.only.split(",")] if args.only else list(OPTIMIZERS)
+    out["extra_overrides"] = args.extra.split()
     keep = set(filter(None, args.keep.split(",")))
     old = json.loads(path.read_text())["runs"] if keep and path.exists() else []
     runs = out["runs"] = [r for r in old if r["optimizer"] in keep]
     for unit in [int(u) for u in args.units.split(",")]:
-        for label in OPTIMIZERS:
+        for label in labels:
             if any(r["optimizer"] == label and r["unit"] == unit for r in runs):
                 continue
-            row = default_run(label, unit, args.budget)
+            row = default_run(label, unit, args.budget, tuple(args.extra.split()))
             runs.append(row)
             print(f"blocks.3[{unit}] {label}: best {row['best_response']:.1f}, outside target+generator "
                   f"{100 * row['outside_fraction']:.1f}% of {row['loop_s']:.0f} s", flush=True)
@@ -95,7 +121,9 @@ def main() -> int:
     units = {int(u) for u in args.units.split(",")}
     runs[:] = [r for r in runs if r["unit"] in units]
     out["median"] = {label: {k: float(np.median([r[k] for r in runs if r["optimizer"] == label]))
-                             for k in ("best_response", "outside_fraction", "outside_s", "loop_s")} for label in OPTIMIZERS}
+                             for k in ("best_response", "outside_fraction", "outside_s", "loop_s")}
+                             | {k: float(np.median([r["breakdown"][k] for r in runs if r["optimizer"] == label and "breakdown" in r] or [np.nan]))
+                                for k in ("optimizer_fraction", "store_fraction")} for label in labels}
     out["load_avg_at_end"] = os.getloadavg()
     path.write_text(json.dumps(out, indent=1))
     print(json.dumps(out["median"], indent=1))

@@ -1,0 +1,209 @@
+"""Black-box search against the white-box optimum on the same units (issue 14, part 4).
+
+Every run is ``stimopt target.layer=L target.unit=U <overrides> budget=B`` composed with stimopt's
+Hydra configs and run by the engine (EfficientNet-Lite0 centre units, 128 px). Recorded per run:
+
+- ``best_response``: the best recorded response (noiseless runs: the black-box result);
+- ``best_evolved``: the clean response to the stimulus with the best recorded score;
+- ``last_gen_best``: the clean response to the best-scored stimulus of the last generation
+  (XDream's scoring under noise).
+
+White-box references (``wb-*`` labels) are gradient ascent through ``optimizer=latent_gradient``
+(every gradient pass is an engine evaluation); ``mei`` rows come from
+benchmarks/results/mei_vs_lucent.json when that file exists. The ratio of a black-box run is its
+``best_response`` (noiseless) or ``last_gen_best`` (noisy) over the best white-box figure of the
+same unit, and every ratio names the reference it uses.
+
+Runs are appended to ``--out`` as they finish, so a run cut short keeps what it measured.
+
+    .venv/bin/python benchmarks/blackbox_vs_whitebox.py --plan default,cma-g1 --units 'blocks.3:0,5'
+    .venv/bin/python benchmarks/blackbox_vs_whitebox.py --table
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+NOISES = {"none": [], "poisson20": ["target.relu=true", "noise=poisson", "noise.expected_max_spikes=20"],
+          "poisson5": ["target.relu=true", "noise=poisson", "noise.expected_max_spikes=5"]}
+FOURIER_OLD = ["generator.gain=4.0"]  # the Fourier code before this benchmark (sigmoid saturated: flat blobs)
+S1 = "optimizer.sigma0=1.0"  # cmaes's step size before this benchmark
+CONFIGS = {  # label -> overrides on top of the embedded default (cmaes on fourier)
+    "default": [],  # today's embedded default: cmaes (sigma0 0.5) on fourier (gain 1)
+    "cma-g4": ["optimizer=cmaes", *FOURIER_OLD, S1],  # the embedded default before this benchmark
+    "cma-g1": ["optimizer=cmaes", "generator.gain=1.0", S1],
+    "cma-g2": ["optimizer=cmaes", "generator.gain=2.0", S1],
+    "cma-g1-nf24": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=24", S1],
+    "cma-g1-pop40": ["optimizer=cmaes", "generator.gain=1.0", "batch_size=40", S1],
+    "cma-g1-s05": ["optimizer=cmaes", "generator.gain=1.0", "optimizer.sigma0=0.5"],
+    "cma-g1-s2": ["optimizer=cmaes", "generator.gain=1.0", "optimizer.sigma0=2.0"],
+    "cma-g05": ["optimizer=cmaes", "generator.gain=0.5", S1],
+    "cma-g1-d05": ["optimizer=cmaes", "generator.gain=1.0", "generator.decay=0.5", S1],
+    "cma-g1-d15": ["optimizer=cmaes", "generator.gain=1.0", "generator.decay=1.5", S1],
+    "cma-g1-nf8": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=8", S1],
+    "cma-g1-nf16": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=16", S1],
+    "cma-g1-s025": ["optimizer=cmaes", "generator.gain=1.0", "optimizer.sigma0=0.25"],
+    "cma-g1-s05-pop40": ["optimizer=cmaes", "generator.gain=1.0", "optimizer.sigma0=0.5", "batch_size=40"],
+    "cma-g1-s05-nf8": ["optimizer=cmaes", "generator.gain=1.0", "optimizer.sigma0=0.5", "generator.n_freq=8"],
+    "default-pop40": ["batch_size=40"], "default-pop100": ["batch_size=100"],
+    "ga": ["optimizer=ga"], "nes": ["optimizer=nes"], "fdgd": ["optimizer=fdgd"],
+    "ga-g4": ["optimizer=ga", *FOURIER_OLD], "nes-g4": ["optimizer=nes", *FOURIER_OLD],
+    "fdgd-g4": ["optimizer=fdgd", *FOURIER_OLD],
+    # white-box references: Adam on the codes through the differentiable objective
+    "wb-fourier": ["optimizer=latent_gradient", "optimizer.kld=none", "optimizer.init=random", "batch_size=4",
+                   "optimizer.steps_per_ask=50", "optimizer.lr=0.05", *FOURIER_OLD],
+    "wb-fourier24": ["optimizer=latent_gradient", "optimizer.kld=none", "optimizer.init=random", "batch_size=4",
+                     "optimizer.steps_per_ask=50", "optimizer.lr=0.05", "generator.n_freq=24", *FOURIER_OLD],
+    "wb-g1-nf24": ["optimizer=latent_gradient", "optimizer.kld=none", "optimizer.init=random", "batch_size=4",
+                   "optimizer.steps_per_ask=50", "optimizer.lr=0.05", "generator.n_freq=24", "generator.gain=1.0"],
+}
+MEI_FILE = Path("benchmarks/results/mei_vs_lucent.json")
+
+
+def run_one(layer: str, unit: int, label: str, noise: str, budget: int, seed: int) -> dict:
+    import torch
+
+    from stimopt import reference
+    from stimopt.config import compose
+    from stimopt.experiment import build_run
+
+    overrides = [f"budget={budget}", f"seed={seed}", "logger=none", "device=cpu", "store.synchronous=NORMAL",
+                 "on_bad_response=skip", f"target.layer={layer}", f"target.unit={unit}",
+                 *CONFIGS[label], *NOISES[noise]]
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter()
+        run = build_run(compose(overrides), Path(d) / "run")
+        p = run.run()
+        wall = time.perf_counter() - t
+        evolved = reference.best_evolved(run)
+        gens = run.store.generations()
+        codes, scores = run.store.codes(), run.store.scores()
+        last = slice(len(scores) - int(gens[-1]["n"]), len(scores))
+        s = np.where(np.isfinite(scores[last]), scores[last], -np.inf)
+        code = codes[last][int(np.argmax(s))]
+        with torch.inference_mode():
+            r = reference._to_numpy(reference.clean_target(run.target).evaluate(run.generator.generate(code[None])))
+        last_best = float(run.objective.combine(r)[0])
+        run.store.close()
+    return {"layer": layer, "unit": unit, "config": label, "noise": noise, "budget": budget, "seed": seed,
+            "best_response": float(p.best_response), "best_evolved": evolved, "last_gen_best": last_best,
+            "evaluations": int(p.n_evaluations), "wall_s": round(wall, 1), "overrides": overrides,
+            "load_avg": [round(x, 2) for x in os.getloadavg()]}
+
+
+def mei_reference() -> dict:
+    """{(layer, unit): mei optimum} from the MEI benchmark's results, when it exists."""
+    if not MEI_FILE.exists():
+        return {}
+    try:
+        d = json.loads(MEI_FILE.read_text())
+    except ValueError:
+        return {}
+    out = {}
+    for u in d.get("units", []):
+        if "unit" in u and u.get("mei") is not None:
+            out[(u.get("layer", d.get("layer", "blocks.3")), int(u["unit"]))] = float(u["mei"])
+    return out
+
+
+def table(results: list[dict]) -> dict:
+    """Ratios of every black-box run to its unit's white-box references; medians per config x noise."""
+    wb: dict = {}
+    for r in results:
+        if r["config"].startswith("wb-") and r["noise"] == "none":
+            key = (r["layer"], r["unit"])
+            wb[key] = max(wb.get(key, -np.inf), r["best_response"])
+    mei = mei_reference()
+    rows, summary = [], {}
+    for r in results:
+        if r["config"].startswith("wb-"):
+            continue
+        key = (r["layer"], r["unit"])
+        val = r["best_response"] if r["noise"] == "none" else r["last_gen_best"]
+        row = {"layer": r["layer"], "unit": r["unit"], "config": r["config"], "noise": r["noise"], "value": val}
+        if key in wb:
+            row["ratio_latent_gradient"] = val / wb[key]
+        if key in mei:
+            row["ratio_mei"] = val / mei[key]
+        rows.append(row)
+    for cfg, noise in sorted({(r["config"], r["noise"]) for r in rows}):
+        sel = [r for r in rows if (r["config"], r["noise"]) == (cfg, noise)]
+        s = {"units": [f"{r['layer']}[{r['unit']}]" for r in sel], "median_value": float(np.median([r["value"] for r in sel]))}
+        for k in ("ratio_latent_gradient", "ratio_mei"):
+            v = [r[k] for r in sel if k in r]
+            if v:
+                s[f"median_{k}"], s[f"n_{k}"] = float(np.median(v)), len(v)
+        summary[f"{cfg}|{noise}"] = s
+    return {"white_box_latent_gradient": {f"{k[0]}[{k[1]}]": v for k, v in wb.items()},
+            "white_box_mei": {f"{k[0]}[{k[1]}]": v for k, v in mei.items()}, "rows": rows, "summary": summary}
+
+
+def print_table(t: dict) -> None:
+    print("| config | noise | units | median value | median ratio (latent_gradient) | median ratio (mei) |")
+    print("|---|---|---|---|---|---|")
+    for k, s in t["summary"].items():
+        cfg, noise = k.split("|")
+        lg = f"{s['median_ratio_latent_gradient']:.2f} (n={s['n_ratio_latent_gradient']})" if "median_ratio_latent_gradient" in s else "-"
+        me = f"{s['median_ratio_mei']:.2f} (n={s['n_ratio_mei']})" if "median_ratio_mei" in s else "-"
+        print(f"| {cfg} | {noise} | {len(s['units'])} | {s['median_value']:.1f} | {lg} | {me} |")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--plan", default="default", help=f"comma-separated configs: {', '.join(CONFIGS)}")
+    ap.add_argument("--units", default="blocks.3:0,5", help="LAYER:U,U;LAYER:U,...")
+    ap.add_argument("--noise", default="none", help=f"comma-separated: {', '.join(NOISES)}")
+    ap.add_argument("--budget", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="benchmarks/results/blackbox_vs_whitebox.json")
+    ap.add_argument("--table", action="store_true", help="only print the table of --out")
+    ap.add_argument("--merge", default="", help="comma-separated results files whose runs are added to --out (e.g. runs made in parallel)")
+    args = ap.parse_args()
+
+    out = Path(args.out)
+    results = json.loads(out.read_text())["runs"] if out.exists() else []
+
+    def write():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cur = json.loads(out.read_text())["runs"] if out.exists() else []  # another process may have appended
+        seen = {json.dumps([r[k] for k in ("layer", "unit", "config", "noise", "budget", "seed")]) for r in cur}
+        merged = cur + [r for r in results if json.dumps([r[k] for k in ("layer", "unit", "config", "noise", "budget", "seed")]) not in seen]
+        out.write_text(json.dumps({"script": "benchmarks/blackbox_vs_whitebox.py", "threads": 1, "cpus": os.cpu_count(),
+                                   "runs": merged, "table": table(merged)}, indent=1))
+        return merged
+
+    for other in filter(None, args.merge.split(",")):
+        results += json.loads(Path(other).read_text())["runs"]
+    if args.merge or args.table:
+        results = write()
+    if not args.table:
+        import torch
+
+        torch.set_num_threads(1)
+        units = [(layer, int(u)) for part in args.units.split(";") for layer, us in [part.split(":")] for u in us.split(",")]
+        done = {(r["layer"], r["unit"], r["config"], r["noise"], r["budget"], r["seed"]) for r in results}
+        t0 = time.perf_counter()
+        for noise in args.noise.split(","):
+            for label in args.plan.split(","):
+                for layer, unit in units:
+                    if (layer, unit, label, noise, args.budget, args.seed) in done:
+                        continue
+                    row = run_one(layer, unit, label, noise, args.budget, args.seed)
+                    results.append(row)
+                    results = write()
+                    print(f"[{time.perf_counter() - t0:6.0f}s] {layer}[{unit}] {label} {noise}: best {row['best_response']:.1f}, "
+                          f"last-gen best read clean {row['last_gen_best']:.1f} ({row['wall_s']:.0f} s)", flush=True)
+    print_table(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.exit(main())
