@@ -26,7 +26,15 @@ SIM = ["--input-size", "8", "--drop", "0.3", "--reorder", "--old-lines", "1,4,9,
 
 
 def args(rig, run):
-    return ["experiment=rig", f"target.rig_dir={rig}", "target.timeout_s=60", "target.presentations=2",
+    refs = run.parent / "refs"  # reference images every 3 generations and one elite re-shown: killed and resumed too
+    if not refs.exists():
+        from PIL import Image
+
+        refs.mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((8, 8, 3), 60 + 90 * i, np.uint8)).save(refs / f"ref_{i}.png")
+    return [f"target.references.source={refs}", "target.references.n=2", "target.references.every=3", "target.elites.n=1",
+            "experiment=rig", f"target.rig_dir={rig}", "target.timeout_s=60", "target.presentations=2",
             "generator=pixels", "generator.size=8", "generator.resolution=4", "optimizer=random", "seed=3",
             f"budget={BATCH * N_GEN}", f"batch_size={BATCH}", "logger=none", f"hydra.run.dir={run}"]
 
@@ -39,7 +47,8 @@ def start_sim(rig, env):
 def store_of(run):
     store = RunStore(run / "evaluations.sqlite")
     try:
-        return store.n_evaluations(), store.responses(), store.codes(), store.meta("status")
+        shown = [(r["generation"], r["position"], r["kind"], r["response"]) for r in store.shown()]
+        return store.n_evaluations(), store.responses(), store.codes(), store.meta("status"), shown
     finally:
         store.close()
 
@@ -85,15 +94,20 @@ def test_kill_twenty_times_at_every_stage_and_resume(tmp_path):
         stop_sim(rig, sim)
     print(f"kill loop: {len(kills)} kills ({', '.join(kills)}), generation committed at each: {landed}")
     assert len(kills) == N_KILLS
-    n, responses, codes, status = store_of(run)
+    n, responses, codes, status, _ = store_of(run)
     assert n == BATCH * N_GEN and status == "finished"
     np.testing.assert_allclose(responses, ref[1])  # the final store equals the uninterrupted run's
     np.testing.assert_allclose(codes, ref[2])
     presented = [json.loads(x)["generation"] for x in (rig / "sim_presented.jsonl").read_text().splitlines()]
     assert sorted(presented) == list(range(N_GEN))  # each generation presented once
     assert not (rig / "outbox" / "stale").exists()
-    expected = np.concatenate([inbox_means(rig, g, BATCH)[:, 0] for g in range(N_GEN)])
-    np.testing.assert_allclose(responses, expected)  # every trial answered is in the run, NaN where dropped
+    shown = store_of(run)[4]
+    assert [r[:3] for r in shown] == [r[:3] for r in ref[4]]  # the same stimuli, references and repeats, in place
+    np.testing.assert_allclose([r[3] for r in shown], [r[3] for r in ref[4]])
+    per_gen = [json.loads((rig / "outbox" / f"gen_{g:06d}" / "manifest.json").read_text()) for g in range(N_GEN)]
+    expected = np.concatenate([inbox_means(rig, g, len(m["images"]))[:, 0] for g, m in enumerate(per_gen)])
+    np.testing.assert_allclose([r[3] for r in shown], expected)  # every trial answered is in the run, NaN where dropped
+    assert {r[2] for r in shown} == {None, "reference", "repeat"}
     assert np.isnan(responses).any()  # the 30% drops did leave images without any trial
     log = [json.loads(x) for x in (rig / "log.jsonl").read_text().splitlines()]
     assert sum(e["other_generation"] for e in log if e["generation"] in (1, 4)) > 0  # stale lines recorded

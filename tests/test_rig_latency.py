@@ -79,34 +79,51 @@ def test_lookahead_is_refused_for_an_optimizer_that_cannot_be_asked_ahead(tmp_pa
         make(tmp_path, "two", 2)
 
 
+def answer(rig, g, n):
+    """The lab answered generation g at once (its inbox file written before stimopt reads it)."""
+    lines = [json.dumps({"generation": g, "index": i, "repeat": 0, "counts": [i + 1 + g]}) for i in range(n)]
+    (rig / "inbox").mkdir(parents=True, exist_ok=True)
+    (rig / "inbox" / f"gen_{g:06d}.jsonl").write_text("\n".join(lines) + "\n")
+
+
 def test_rig_prepared_images_publish_the_same_generation(tmp_path, monkeypatch):
-    """prepare() makes the files ahead; evaluate writes the same bytes, request id and answers,
-    also when other images (references) follow the prepared ones."""
+    """prepare() (called while generation 0 is out) converts, encodes and writes generation 1's
+    images into its hidden folder; publishing 1 keeps those files (same inodes) and gives the same
+    bytes, request id and answers as without it, also when other images (references) follow."""
     from stimopt_plugins.rig import target as rig_target
 
     converted = []
     real = rig_target.images_to_uint8
     monkeypatch.setattr(rig_target, "images_to_uint8", lambda im: converted.append(len(im)) or real(im))
-    x, refs = images(5, seed=1), images(2, seed=2)
+    first, x, refs = images(3, seed=9), images(5, seed=1), images(2, seed=2)
     for name, batch in (("alone", x), ("with_refs", torch.cat([x, refs]))):
         out = {}
         for mode in ("plain", "prepared"):
             rig = tmp_path / name / mode
             target = RigTarget(rig, timeout_s=5, poll_s=0.005)
-            answers = [json.dumps({"generation": 0, "index": i, "repeat": 0, "counts": [i + 1]}) for i in range(len(batch))]
-            (rig / "inbox" / "gen_000000.jsonl").write_text("\n".join(answers) + "\n")  # the lab answered at once
+            answer(rig, 0, 3)
+            answer(rig, 1, len(batch))
             if mode == "prepared":
-                target.prepare(x)
+                target.prepare(x)  # the engine's lookahead thread, while generation 0 is out
+                staged = rig / "outbox" / ".gen_000001.tmp" / "img_0000.png"
+                inode = staged.stat().st_ino
+            target.evaluate(first)
             converted.clear()
-            r = target.evaluate(x if name == "alone" else batch)
+            r = target.evaluate(batch)
             assert converted == ([] if name == "alone" else [2]) if mode == "prepared" else [len(batch)]
-            folder = rig / "outbox" / "gen_000000"
+            folder = rig / "outbox" / "gen_000001"
+            if mode == "prepared":
+                assert (folder / "img_0000.png").stat().st_ino == inode  # written ahead, renamed into place
             manifest = json.loads((folder / "manifest.json").read_text())
             out[mode] = (manifest["request_id"], [(folder / im["file"]).read_bytes() for im in manifest["images"]], r)
+            assert not list((rig / "outbox").glob(".gen_*"))
         assert out["plain"][0] == out["prepared"][0] and out["plain"][1] == out["prepared"][1]
         np.testing.assert_array_equal(out["plain"][2], out["prepared"][2])
-    target = RigTarget(tmp_path / "other", timeout_s=0.05, poll_s=0.01)
+    rig = tmp_path / "other"
+    target = RigTarget(rig, timeout_s=0.05, poll_s=0.01)
     target.prepare(x)
-    target.evaluate(refs)  # not the prepared images: made afresh, the prepared ones dropped
-    assert len(json.loads((tmp_path / "other" / "outbox" / "gen_000000" / "manifest.json").read_text())["images"]) == 2
+    target.evaluate(first)
+    target.evaluate(refs)  # not the prepared images: made afresh, the staged folder replaced
+    assert len(json.loads((rig / "outbox" / "gen_000001" / "manifest.json").read_text())["images"]) == 2
+    assert sorted(p.name for p in (rig / "outbox" / "gen_000001").iterdir()) == ["img_0000.png", "img_0001.png", "manifest.json"]
     assert target._prepared is None

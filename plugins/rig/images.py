@@ -38,13 +38,14 @@ def encode_pngs(pixels: np.ndarray, level: int = 0) -> list[bytes]:
 
 
 def write_images(folder: Path, pixels: np.ndarray, image_format: str, png_compress_level: int = 0,
-                 encoded: list[bytes] = ()) -> list[str]:
-    """The generation's image files; ``encoded``: PNG files of the first images, already made (prepare)."""
+                 encoded: list[bytes] = (), written: int = 0) -> list[str]:
+    """The generation's image files; ``encoded``: PNG files of the first images, already made, the
+    first ``written`` of them already in ``folder`` (prepare)."""
     if image_format == "npy":
         np.save(folder / "images.npy", pixels)
         return [f"images.npy#{i}" for i in range(len(pixels))]
     names = [f"img_{i:04d}.png" for i in range(len(pixels))]
     pngs = list(encoded) + encode_pngs(pixels[len(encoded):], png_compress_level)
-    for name, data in zip(names, pngs):  # one file per image is the protocol
+    for name, data in list(zip(names, pngs))[written:]:  # one file per image is the protocol
         (folder / name).write_bytes(data)
     return names

@@ -90,26 +90,44 @@ class RigTarget(stimopt.Target):
         self._prepared = None  # (images, pixels, request id, PNG files) made ahead by prepare()
 
     def prepare(self, images) -> None:
-        """Latency hiding (the engine's lookahead): convert and encode the next generation's images
-        while this one is presented; ``evaluate`` then only writes them, for the same images."""
+        """Latency hiding (the engine's lookahead): convert, encode and write the next generation's
+        images into its hidden temporary folder (``outbox/.gen_<g+1>.tmp``, never seen by the lab)
+        while this one is presented; ``evaluate`` then only adds the manifest and renames, for the
+        same images (anything else: the folder is replaced as always)."""
+        g = self.generation + 1  # called while generation self.generation is out
         pixels = images_to_uint8(images)
-        pngs = encode_pngs(pixels, self.png_compress_level) if self.image_format == "png" else []
-        self._prepared = (images, pixels, request_id(pixels), pngs)
+        pngs, staged = [], None
+        if self.image_format == "png":
+            pngs = encode_pngs(pixels, self.png_compress_level)
+            try:
+                staged = self.folder.resolve("outbox") / f".{gen_name(g)}.tmp"
+                self.folder.remove_own(staged)
+                staged.mkdir()
+                write_images(staged, pixels, "png", encoded=pngs)
+            except (OSError, StimoptError):  # written again when published, where the error is reported
+                staged = None
+        self._prepared = (g, images, pixels, request_id(pixels), pngs, staged)
 
-    def _pixels(self, images) -> tuple[np.ndarray, str, list[bytes]]:
-        """(uint8 pixels, request id, PNG files made ahead) of a generation: what prepare() made when
-        these are its images (followed by others: references, repeats), else made now."""
-        prepared, self._prepared = self._prepared, None
-        if prepared is not None:
-            ahead, pixels, rid, pngs = prepared
+    def _pixels(self, images, g: int) -> tuple[np.ndarray, str, list[bytes], int]:
+        """(uint8 pixels, request id, PNG files made ahead, how many of them are already in the
+        generation's temporary folder) of generation ``g``: what prepare() made when these are its
+        images (followed by others: references, repeats), else made now."""
+        prepared = self._prepared
+        if prepared is not None and prepared[0] > g:
+            prepared = None  # made for a later generation (the lookahead thread was quick): kept for it
+        else:
+            self._prepared = None
+        if prepared is not None and prepared[0] == g:
+            _, ahead, pixels, rid, pngs, staged = prepared
+            written = len(pngs) if staged is not None else 0
             if images is ahead:
-                return pixels, rid, pngs
+                return pixels, rid, pngs, written
             k = len(ahead)
             if len(images) > k and torch.equal(torch.as_tensor(images[:k]), torch.as_tensor(ahead)):
                 pixels = np.concatenate([pixels, images_to_uint8(images[k:])])
-                return pixels, request_id(pixels), pngs
+                return pixels, request_id(pixels), pngs, written
         pixels = images_to_uint8(images)
-        return pixels, request_id(pixels), []
+        return pixels, request_id(pixels), [], 0
 
     @property
     def presentations_per_image(self) -> int:
@@ -142,7 +160,7 @@ class RigTarget(stimopt.Target):
             return None
         return rid if isinstance(rid, str) and _RID.match(rid) else None
 
-    def _publish(self, g: int, pixels: np.ndarray, rid: str, encoded=()) -> tuple[bool, dict]:
+    def _publish(self, g: int, pixels: np.ndarray, rid: str, encoded=(), written: int = 0) -> tuple[bool, dict]:
         """Write outbox/gen_g unless that exact request is already there: (whether it wrote, the manifest)."""
         outbox = self.folder.resolve("outbox")
         folder = outbox / gen_name(g)  # the entry itself: a symlink there is never followed
@@ -162,10 +180,12 @@ class RigTarget(stimopt.Target):
             if published and os.path.lexists(inbox_file):  # the answers to the old request go with it
                 self.folder.move_aside(inbox_file, "inbox/stale", f"{stamp}.jsonl")
         tmp = outbox / f".{gen_name(g)}.tmp"
-        self.folder.remove_own(tmp)
-        tmp.mkdir()
+        if not (written and os.path.isdir(tmp) and not os.path.islink(tmp)):  # staged by prepare(): kept
+            written = 0
+            self.folder.remove_own(tmp)
+            tmp.mkdir()
         _crash_point("outbox", g)
-        files = write_images(tmp, pixels, self.image_format, self.png_compress_level, encoded)
+        files = write_images(tmp, pixels, self.image_format, self.png_compress_level, encoded, written)
         manifest = {
             "protocol": PROTOCOL_WINDOWS if self.window else PROTOCOL, "generation": g, "request_id": rid,
             "images": [{"index": i, "file": f} for i, f in enumerate(files)],
@@ -198,9 +218,9 @@ class RigTarget(stimopt.Target):
     def evaluate(self, images):
         t0, c0 = time.perf_counter(), time.process_time()
         g = self.generation
-        pixels, rid, encoded = self._pixels(images)
+        pixels, rid, encoded, written = self._pixels(images, g)
         try:
-            wrote, manifest = self._publish(g, pixels, rid, encoded)
+            wrote, manifest = self._publish(g, pixels, rid, encoded, written)
         except OSError as exc:  # a full disk, a read-only share: nothing was shown for this generation
             raise StimoptError(f"cannot publish generation {g} in {self.outbox}: {exc.strerror or exc}; "
                                "fix that and resume the run (resume=RUN_DIR)") from None
