@@ -202,6 +202,18 @@ def test_fit_image_vae_through_stimopt_fit_and_run(tmp_path):
              f"out={tmp_path / 'fit'}"], cwd=tmp_path, program="stimopt-fit")
     ck = tmp_path / "fit" / "vislens_vae.pt"
     assert ck.is_file() and (tmp_path / "fit" / "report.json").is_file()
+    # every image that reached the target went through the engine and is on record: the 120 inputs,
+    # then (decoded_rounds 1, the default) the decoded reconstructions of the training split the prior was refit to
+    import json
+
+    from stimopt.store import RunStore
+
+    report = json.loads((tmp_path / "fit" / "report.json").read_text())
+    assert report["decoded_rounds"] == 1 and "decoded_response_corr_train" in report
+    for folder, n in (("scoring", 120), ("scoring_decoded1", report["n_train"])):
+        store = RunStore(tmp_path / "fit" / folder / "evaluations.sqlite")
+        assert len(store.responses()) == n and sorted(store.codes()[:, 0].tolist()) == list(range(n))
+        store.close()
     run_cli(["logger=none", "generator=image_vae", f"generator.checkpoint={ck}", "generator.size=32", "optimizer=prior_shift",
              "budget=8", "batch_size=4", "target.model=resnet18", "target.weights=random", "target.layer=layer2",
              "target.input_size=32", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
@@ -255,7 +267,59 @@ def test_fit_landscape_from_a_recorded_response_table(tmp_path):
     for direction, sign in (("max", 1), ("min", -1)):
         resp = run_trio(gen, PlantedTarget(), PriorShift(alphas=[0.0, 1.0]), direction, budget=16, batch=8)
         assert sign * (resp[8:].mean() - resp[:8].mean()) > 0
+    # BrainACTIV's rule in the same code space: the fit's ridge over latent means, +w raises, -w lowers
+    from stimopt_plugins.vislens import BrainActiv
+
+    assert gen.space.landscape.brainactiv_w is not None
+    for direction, sign in (("max", 1), ("min", -1)):
+        resp = run_trio(gen, PlantedTarget(), BrainActiv(steps=[0.0, 1.0]), direction, budget=16, batch=8)
+        assert sign * (resp[8:].mean() - resp[:8].mean()) > 0
     with pytest.raises(StimoptError, match="not a column"):
         run_fit(compose_fit([*common, f"model.responses={tmp_path / 'resp.npz'}", "model.output=nope"]), tmp_path / "bad")
     with pytest.raises(StimoptError, match="needs model.images"):
         run_fit(compose_fit([*common[:6], *common[7:], f"model.responses={tmp_path / 'resp.npz'}"]), tmp_path / "bad2")
+
+
+def test_prior_dims_as_a_fraction_of_the_latent():
+    assert PriorSpec(latent_dim=32, prior_dims=0.25).prior_dims == 8
+    assert PriorSpec(latent_dim=32, prior_dims=0.25).mask.sum() == 8
+    assert PriorSpec(latent_dim=32, prior_dims=5).prior_dims == 5 and PriorSpec(latent_dim=32).mask.sum() == 32
+    for bad in (0, 33, 1.5, -0.2):
+        with pytest.raises(StimoptError, match="prior_dims must be"):
+            PriorSpec(latent_dim=32, prior_dims=bad)
+
+
+def test_fit_scoring_goes_through_the_engine_and_is_recorded(tmp_path):
+    from stimopt.store import RunStore
+    from stimopt_plugins.vislens.fit import score_through_engine
+
+    imgs = torch.rand(11, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    r = score_through_engine(PlantedTarget(), imgs, tmp_path / "scoring", batch_size=4)
+    assert np.allclose(r, PlantedTarget().evaluate(imgs).numpy(), atol=1e-6)
+    store = RunStore(tmp_path / "scoring" / "evaluations.sqlite")
+    assert len(store.responses()) == 11 and sorted(store.codes()[:, 0].tolist()) == list(range(11))
+    store.close()
+
+
+def test_decoded_rounds_lay_the_prior_out_by_the_decoded_images_responses():
+    from stimopt.natural import natural_crops
+    from stimopt_plugins.vislens.vae import train_landscape
+
+    imgs = natural_crops(32, 16, seed=2)
+    r = PlantedTarget().evaluate(imgs).numpy()
+    seen = []
+
+    def score(recon):
+        seen.append(recon)
+        return PlantedTarget().evaluate(recon).numpy()
+
+    spec = PriorSpec(latent_dim=8, prior_dims=0.5)
+    spec.fit_normalization(r)
+    model = ConvVAE(16, 8)
+    hist, used = train_landscape(model, imgs, r, spec, decoded_rounds=1, score_decoded=score, epochs=2, lr=3e-3, batch_size=32)
+    assert len(seen) == 1 and seen[0].shape == imgs.shape and 0 <= float(seen[0].min()) and float(seen[0].max()) <= 1
+    assert np.allclose(used, PlantedTarget().evaluate(seen[0]).numpy()) and not np.allclose(used, r)
+    assert spec.r_center == pytest.approx(float(np.median(used)))  # the prior now follows the decoded responses
+    assert len(hist) == 2 + 1 and hist[-1]["decoded_round"] == 1
+    with pytest.raises(StimoptError, match="needs a target"):
+        train_landscape(ConvVAE(16, 8), imgs, r, spec, decoded_rounds=1, epochs=1)

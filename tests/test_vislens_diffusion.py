@@ -213,3 +213,42 @@ def test_prior_shift_moves_a_planted_clip_response_both_ways(tiny_world):
         for half in (moved[:40], moved[40:]):
             assert sign * (half.mean() - base.mean()) > 0.1 * r.std()
             assert (sign * (half - base) > 0).mean() >= 0.7
+
+
+def write_tiny_ddpm(path):
+    """A tiny unconditional DDPM folder (UNet2DModel + DDPMScheduler, random weights)."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=100)).save_pretrained(str(path))
+    return path
+
+
+@pytest.mark.slow
+def test_ddpm_refinement_of_the_image_vae_output(tmp_path):
+    """Algorithm 3's post-processing: the presented image_vae images go through a DDPM (SDEdit);
+    deterministic per code, stronger refinement moves the image further, a missing folder is one line."""
+    from stimopt_plugins.vislens import ImageVAEGenerator
+    from stimopt_plugins.vislens.diffusion import refine_ddpm
+    from stimopt_plugins.vislens.vae import ConvVAE, PriorSpec, encode_means, save_landscape
+
+    ddpm = write_tiny_ddpm(tmp_path / "ddpm")
+    imgs = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    model = ConvVAE(16, 8)
+    save_landscape(tmp_path / "vae.pt", model, PriorSpec(latent_dim=8, prior_dims=4), references={
+        "images": (imgs * 255).round().to(torch.uint8), "codes": encode_means(model, imgs), "responses": torch.zeros(4), "embeddings": None})
+    plain = ImageVAEGenerator(str(tmp_path / "vae.pt"), size=24, device="cpu")
+    codes = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
+    base = plain.generate(codes)
+    gen = ImageVAEGenerator(str(tmp_path / "vae.pt"), size=24, device="cpu", refine=str(ddpm), refine_strength=0.5, refine_steps=10)
+    out = gen.generate(codes)
+    assert out.shape == base.shape and float(out.min()) >= 0 and float(out.max()) <= 1 and not torch.equal(out, base)
+    assert torch.equal(out, gen.generate(codes))  # fixed seed: one refined image per code
+    assert torch.equal(gen.generate_torch(torch.from_numpy(codes)), base)  # gradient passes see the decoder output
+    dist = {k: float((refine_ddpm(gen.refiner, base, strength=k, steps=10) - base).abs().mean()) for k in (0.1, 0.9)}
+    assert 0 < dist[0.1] < dist[0.9]  # a later start moves the image further from the VAE's output
+    assert torch.equal(refine_ddpm(gen.refiner, base, strength=0.0), base)
+    with pytest.raises(StimoptError, match="DDPM weights not found"):
+        ImageVAEGenerator(str(tmp_path / "vae.pt"), size=24, device="cpu", refine=str(tmp_path / "nope"))

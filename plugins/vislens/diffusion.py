@@ -76,3 +76,55 @@ def synthesize(pipe, embeddings: torch.Tensor, references: torch.Tensor, *, stre
         generator=torch.Generator(device="cpu").manual_seed(int(seed)), output_type="pt",
     ).images
     return out.float().clamp(0, 1).cpu()
+
+
+DDPM_HINT = "a diffusers DDPM folder (model_index.json, unet/, scheduler/; e.g. google/ddpm-cifar10-32 saved with save_pretrained)"
+
+
+def load_ddpm(path: str, device="cpu"):
+    """An unconditional DDPM (diffusers DDPMPipeline: UNet2DModel + DDPMScheduler) from a local folder:
+    Algorithm 3's post-processing of the optimized image. A missing folder is one line."""
+    if not os.path.isfile(os.path.join(str(path), "model_index.json")):
+        raise StimoptError(f"DDPM weights not found at {path}: put {DDPM_HINT} there or set generator.refine=null")
+    from diffusers import DDPMPipeline
+    from diffusers.utils import logging as dlogging
+
+    dlogging.set_verbosity_error()
+    try:
+        pipe = DDPMPipeline.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:
+        raise StimoptError(f"DDPM weights at {path} do not load: {str(exc).splitlines()[0]}") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(torch.device(device))
+
+
+@torch.no_grad()
+def refine_ddpm(pipe, images: torch.Tensor, *, strength: float = 0.3, steps: int = 50, seed: int = 0) -> torch.Tensor:
+    """Algorithm 3's DDPM refinement, SDEdit-style: images [B,3,h,w] in [0,1] are noised to the
+    timestep ``strength`` x T of the DDPM's schedule and denoised back with its reverse process
+    (``steps`` of the schedule in all, those below the start). strength 0 returns the images; the
+    seed is fixed per call, so an image maps to one refined image. Output at the input's size."""
+    if not 0.0 <= float(strength) <= 1.0:
+        raise StimoptError(f"generator.refine_strength must be in [0, 1], got {strength}")
+    if float(strength) == 0.0:
+        return images
+    unet, sched = pipe.unet, pipe.scheduler
+    dev, dtype = unet.device, unet.dtype
+    size = unet.config.sample_size
+    size = size if isinstance(size, int) else size[0]
+    h, w = images.shape[-2:]
+    x = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False) if (h, w) != (size, size) else images.float()
+    x0 = (x.clamp(0, 1) * 2 - 1).to(dev, dtype)
+    sched.set_timesteps(int(steps))
+    t_start = int(round(float(strength) * (sched.config.num_train_timesteps - 1)))
+    timesteps = [t for t in sched.timesteps.tolist() if t <= t_start]
+    if not timesteps:
+        return images
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    noise = torch.randn(x0.shape, generator=gen).to(dev, dtype)
+    xt = sched.add_noise(x0, noise, torch.full((len(x0),), timesteps[0], dtype=torch.long, device=dev))
+    for t in timesteps:
+        eps = unet(xt, t).sample
+        xt = sched.step(eps, t, xt, generator=gen).prev_sample
+    out = ((xt.float().cpu() + 1) / 2).clamp(0, 1)
+    return F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False) if (h, w) != (size, size) else out

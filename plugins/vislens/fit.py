@@ -8,10 +8,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import stimopt
 from stimopt.device import resolve_device
 from stimopt.errors import StimoptError
 from stimopt_plugins.vislens.landscape import CHECKPOINT_NAME
-from stimopt_plugins.vislens.vae import ConvVAE, LinearVAE, PriorSpec, encode_means, landscape_report, save_landscape, train_vae
+from stimopt_plugins.vislens.vae import ConvVAE, LinearVAE, PriorSpec, encode_means, landscape_report, save_landscape, train_landscape
 
 
 def load_images(source: str, n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, Path | None]:
@@ -48,10 +49,82 @@ def load_images(source: str, n: int, size: int, seed: int = 0) -> tuple[torch.Te
 
 @torch.no_grad()
 def target_responses(target, images: torch.Tensor, batch_size: int = 64, output: int | None = None) -> np.ndarray:
+    """Responses of ``target`` to ``images`` read directly (benchmarks and tests: measuring, not a
+    fit; a fit scores its images through the engine with :func:`score_through_engine`)."""
     r = torch.cat([torch.as_tensor(target.evaluate(images[i:i + batch_size])).float().cpu() for i in range(0, len(images), batch_size)])
+    return _one_output(r.numpy(), output)
+
+
+def _one_output(r: np.ndarray, output) -> np.ndarray:
+    r = np.asarray(r, dtype=np.float64)
     if r.ndim == 2:
         r = r.mean(1) if output is None else r[:, int(output)]
-    return r.numpy().astype(np.float64)
+    return r
+
+
+class _ListedImages(stimopt.Generator):
+    """The fit's images as a code space: code [i] is image i (so scoring them is a run)."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images = images
+        self._space = stimopt.ContinuousSpace(dim=1, low=0.0, high=float(len(images) - 1))
+
+    @property
+    def space(self):
+        return self._space
+
+    def generate(self, codes):
+        return self.images[torch.as_tensor(np.asarray(codes)[:, 0].round().astype(np.int64))]
+
+    def describe(self) -> str:
+        return f"vislens fit images ({len(self.images)})"
+
+
+class _InOrder(stimopt.Optimizer):
+    """Asks image 0, 1, ..., N-1 once each."""
+
+    def setup(self, space, *, seed, budget, batch_size):
+        super().setup(space, seed=seed, budget=budget, batch_size=batch_size)
+        self.pos = 0
+
+    def ask(self, n):
+        idx = np.arange(self.pos, self.pos + n, dtype=np.float32)[:, None]
+        self.pos += n
+        return idx
+
+    def tell(self, codes, scores):
+        pass
+
+    def state_dict(self):
+        return {"pos": self.pos}
+
+    def load_state_dict(self, state):
+        self.pos = state["pos"]
+
+
+def score_through_engine(target, images: torch.Tensor, run_dir: Path, batch_size: int = 64, output=None) -> np.ndarray:
+    """Responses [N] of ``target`` to the fit's images, presented through the engine: one run
+    (generator = the image list, code = index, in order) recorded in ``run_dir/evaluations.sqlite``
+    like any other run, so every stimulus that reached the target is on record."""
+    from stimopt.engine import Run
+    from stimopt.objective import Objective
+    from stimopt.store import RunStore
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    gen, opt, n = _ListedImages(images), _InOrder(), len(images)
+    opt.setup(gen.space, seed=0, budget=n, batch_size=batch_size)
+    store = RunStore(run_dir / "evaluations.sqlite")
+    try:
+        Run(target=target, generator=gen, optimizer=opt, objective=Objective("max"), store=store, budget=n,
+            batch_size=batch_size, run_dir=run_dir).run()
+        codes, resp = store.codes(), store.responses()
+    finally:
+        store.close()
+    order = np.argsort(np.asarray(codes)[:, 0], kind="stable")
+    if len(order) != n:
+        raise StimoptError(f"scoring the fit's images stopped after {len(order)} of {n}; see {run_dir / 'evaluations.sqlite'}")
+    return _one_output(np.asarray(resp)[order], output)
 
 
 def ridge_direction(emb: torch.Tensor, r: np.ndarray, alpha=1.0) -> dict:
@@ -125,7 +198,7 @@ def fit_vislens_vae(cfg, out_dir: Path) -> dict:
     else:
         images, cache_dir = load_images(str(source), n, size, seed)
         target = build("target", m.target, device=str(cfg.get("device", "auto")))
-        r = target_responses(target, images, output=m.get("output"))
+        r = score_through_engine(target, images, out_dir / "scoring", output=m.get("output"))
         described = target.describe()
         if not np.isfinite(r).all():
             raise StimoptError(f"the target returned NaN/inf for {int((~np.isfinite(r)).sum())} images; check the target config")
@@ -144,8 +217,16 @@ def fit_vislens_vae(cfg, out_dir: Path) -> dict:
     spec = PriorSpec(prior=str(m.prior), latent_dim=int(m.latent_dim), mu=float(m.mu), lam=float(m.lam), eps=float(m.eps),
                      sigma_min=float(m.sigma_min), sigma_max=float(m.sigma_max), prior_dims=m.get("prior_dims"), center=str(m.center))
     spec.fit_normalization(r[train.numpy()])
-    history = train_vae(
-        model, x[train], r[train.numpy()], spec, epochs=int(m.epochs), batch_size=int(m.batch_size), lr=float(m.lr),
+    rounds = int(m.get("decoded_rounds", 0) or 0) if kind == "image" and target is not None else 0
+
+    def score_decoded(recon, _k=[0]):  # noqa: B006 (a round counter)
+        _k[0] += 1
+        up = F.interpolate(recon.cpu(), size=(size, size), mode="bilinear", align_corners=False) if recon.shape[-1] != size else recon.cpu()
+        return score_through_engine(target, up.clamp(0, 1), out_dir / f"scoring_decoded{_k[0]}", output=m.get("output"))
+
+    history, r_prior = train_landscape(
+        model, x[train], r[train.numpy()], spec, decoded_rounds=rounds, score_decoded=score_decoded,
+        epochs=int(m.epochs), batch_size=int(m.batch_size), lr=float(m.lr),
         step_size=int(m.step_size), gamma=float(m.gamma), grad_clip=float(m.grad_clip), w_recon=float(m.w_recon),
         w_kld=float(m.w_kld), seed=seed, device=device,
     )
@@ -154,20 +235,25 @@ def fit_vislens_vae(cfg, out_dir: Path) -> dict:
         "kind": kind, "prior": spec.prior, "latent_dim": spec.latent_dim, "n_train": int(len(train)), "n_val": int(n_val),
         "images": str(source), "target": described,
         "loss_first_epoch": history[0]["loss"], "loss_last_epoch": history[-1]["loss"],
+        "decoded_rounds": rounds,
         "train": landscape_report(model, x[train], r[train.numpy()], spec),
         "val": landscape_report(model, x[val], r[val.numpy()], spec),
     }
+    if rounds:  # the prior followed the decoded images' responses: how well they track the inputs'
+        report["train_prior_responses"] = landscape_report(model, x[train], r_prior, spec)
+        report["decoded_response_corr_train"] = float(np.corrcoef(r_prior, r[train.numpy()])[0, 1])
     n_ref = min(int(m.n_references), n_val)
     ref = val[:n_ref]
     ref_size = min(size, int(m.get("reference_size", 256)))
     ref_images = F.interpolate(images[ref], size=(ref_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
     references = {"images": (ref_images.clamp(0, 1) * 255).round().to(torch.uint8), "codes": encode_means(model, x[ref]),
                   "responses": torch.from_numpy(r[ref.numpy()]).float(), "embeddings": x[ref] if kind == "clip" else None}
-    brainactiv = None
     if kind == "clip":
-        brainactiv = ridge_direction(x[train], r[train.numpy()], m.ridge_alpha)
-        report["brainactiv_r2_train"] = brainactiv["r2_train"]
+        brainactiv = ridge_direction(x[train], r[train.numpy()], m.ridge_alpha) | {"space": "clip"}
         report["clip"] = f"{m.clip.model}/{m.clip.pretrained}"
+    else:  # BrainACTIV's rule in the image VAE's own code space (a standard-prior fit is the baseline)
+        brainactiv = ridge_direction(encode_means(model, x[train]), r[train.numpy()], m.ridge_alpha) | {"space": "latent"}
+    report["brainactiv_r2_train"] = brainactiv["r2_train"]
     path = out_dir / CHECKPOINT_NAME
     save_landscape(path, model, spec, references=references, brainactiv=brainactiv, history=history,
                    config=OmegaConf.to_container(m, resolve=True), report=report)

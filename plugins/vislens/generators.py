@@ -15,11 +15,16 @@ from stimopt_plugins.vislens.vae import load_landscape
 
 
 class ImageVAEGenerator(stimopt.Generator):
-    """z -> the conv VAE's decoder -> pixels, upsampled to ``size``. Differentiable (``generate_torch``)."""
+    """z -> the conv VAE's decoder -> pixels, upsampled to ``size``. Differentiable (``generate_torch``).
+
+    ``refine``: a diffusers DDPM folder; the presented images (``generate``) are then refined by it
+    (Algorithm 3's post-processing, SDEdit at ``refine_strength``); gradient passes still climb the
+    unrefined decoder output, as in the paper (optimize, then refine)."""
 
     space_type = LatentSpace
 
-    def __init__(self, checkpoint: str = "fits/vislens_image/" + CHECKPOINT_NAME, size: int = 128, device: str = "auto"):
+    def __init__(self, checkpoint: str = "fits/vislens_image/" + CHECKPOINT_NAME, size: int = 128, device: str = "auto",
+                 refine: str | None = None, refine_strength: float = 0.3, refine_steps: int = 50, refine_seed: int = 0):
         ck = load_landscape(checkpoint)
         if ck["arch"]["kind"] != "image":
             raise StimoptError(f"{checkpoint} is a CLIP-space VAE; generator=image_vae needs one fit with model.kind=image (use generator=vislens for this one)")
@@ -30,6 +35,12 @@ class ImageVAEGenerator(stimopt.Generator):
         self.size, self.checkpoint = int(size), str(checkpoint)
         self.reference_images = references(ck)["images"]
         self._space = LatentSpace(dim=self.vae.latent_dim, init_mean=0.0, init_std=1.0, landscape=landscape_of(ck, "latent"))
+        self.refiner = None  # Algorithm 3's DDPM post-processing of what is presented (not of gradient passes)
+        if refine:
+            from stimopt_plugins.vislens.diffusion import load_ddpm
+
+            self.refiner = load_ddpm(str(refine), device=self.device)
+            self.refine_options = dict(strength=float(refine_strength), steps=int(refine_steps), seed=int(refine_seed))
 
     @property
     def space(self):
@@ -45,10 +56,16 @@ class ImageVAEGenerator(stimopt.Generator):
         z = torch.as_tensor(np.asarray(codes), dtype=torch.float32)
         if z.ndim != 2 or z.shape[1] != self._space.dim:
             raise StimoptError(f"image_vae takes codes of shape [B, {self._space.dim}], got {list(z.shape)}")
-        return self.generate_torch(z)
+        if self.refiner is None:
+            return self.generate_torch(z)
+        from stimopt_plugins.vislens.diffusion import refine_ddpm
+
+        with torch.no_grad():
+            return refine_ddpm(self.refiner, self.generate_torch(z), **self.refine_options)
 
     def describe(self) -> str:
-        return f"image_vae({self.checkpoint}, {self._space.landscape.prior} prior, {self._space.dim}-d)"
+        ref = "" if self.refiner is None else f", DDPM refine {self.refine_options['strength']:g}"
+        return f"image_vae({self.checkpoint}, {self._space.landscape.prior} prior, {self._space.dim}-d{ref})"
 
 
 class VisLensGenerator(stimopt.Generator):

@@ -25,7 +25,8 @@ class Landscape:
     ``code``: ``latent`` (VAE latents) or ``clip`` (CLIP embeddings); ``prior``: activation |
     standard; ``mu_pos``/``mu_neg``/``mask`` [dim] (latent codes only); ``reference_codes``
     [R, dim]: the codes of the reference images; ``brainactiv_w`` [D]: unit ridge direction on
-    L2-normalized CLIP embeddings (clip codes only).
+    L2-normalized CLIP embeddings (clip codes), or on L2-normalized latent means for an image
+    fit (latent codes: the BrainACTIV rule in an image VAE's space).
     """
 
     code: str
@@ -57,14 +58,17 @@ def landscape_of(ck: dict, code: str) -> Landscape:
     """The landscape of a loaded checkpoint over `latent` codes or `clip` embeddings."""
     spec: PriorSpec = ck["spec"]
     refs = references(ck)
+    ba = ck.get("brainactiv")
+    space = None if ba is None else ba.get("space", "clip")  # image fits: the ridge is over latent means
     if code == "latent":
         return Landscape(
             code="latent", prior=spec.prior, reference_codes=refs["codes"].numpy().astype(np.float32),
             mu_pos=spec.mu_pos.numpy(), mu_neg=spec.mu_neg.numpy(), mask=spec.mask.numpy(),
+            brainactiv_w=ba["w"].numpy() if space == "latent" else None,
             reference_responses=refs["responses"].numpy(),
         )
     return Landscape(
         code="clip", prior=spec.prior, reference_codes=refs["embeddings"].numpy().astype(np.float32),
-        brainactiv_w=None if ck.get("brainactiv") is None else ck["brainactiv"]["w"].numpy(),
+        brainactiv_w=ba["w"].numpy() if space == "clip" else None,
         reference_responses=refs["responses"].numpy(),
     )

@@ -152,7 +152,9 @@ class PriorShift(_ScheduleOptimizer):
 
 class BrainActiv(_ScheduleOptimizer):
     """The BrainACTIV baseline: shift the L2-normalized reference CLIP embedding by step * (+/- w/||w||),
-    renormalize, and restore the reference's norm (the IP-Adapter's input scale)."""
+    renormalize, and restore the reference's norm (the IP-Adapter's input scale). On an image fit
+    the same rule acts on VAE latent codes, w being the ridge over L2-normalized latent means (the
+    paper's baseline has no landscape: use it with a ``model.prior=standard`` fit)."""
 
     step_name = "step"
 
@@ -165,8 +167,9 @@ class BrainActiv(_ScheduleOptimizer):
 
     def setup(self, space, *, seed, budget, batch_size):
         super().setup(space, seed=seed, budget=budget, batch_size=batch_size)
-        if self.land.code != "clip" or self.land.brainactiv_w is None:
-            raise StimoptError("brainactiv shifts CLIP embeddings: use generator=vislens generator.code=clip with a checkpoint fit with model.kind=clip")
+        if self.land.brainactiv_w is None or len(self.land.brainactiv_w) != space.dim:
+            raise StimoptError("brainactiv shifts codes along the checkpoint's ridge direction: use generator=vislens generator.code=clip "
+                               "(a model.kind=clip fit) or generator=image_vae (a model.kind=image fit, whose ridge is over latent means)")
 
     def _edit(self, step, e):
         norm = np.linalg.norm(e, axis=1, keepdims=True)

@@ -12,7 +12,10 @@ standard deviation, so ``lam`` is in units of "one SD of response". Responses at
 centre (``r_n <= 0``) take the negative prior and are held by ``|r_n|`` exactly as positive ones
 are: strongly negative responses sit tightly on ``mu_neg``, responses near the centre are barely
 constrained (sigma -> ``sigma_max``). ``mu_pos = +mu``, ``mu_neg = -mu`` on the ``prior_dims``
-first latent dimensions (all by default); the other dimensions keep a standard N(0, I) prior.
+first latent dimensions (a count, a fraction of ``latent_dim``, or null = all); the other
+dimensions keep a standard N(0, I) prior and carry what the response does not explain (issue 19:
+with the prior on every dim, the latent modification at alpha 1 sends every reference to one
+prototype code, whose decoded response is unrelated to the asked direction).
 
 The standard VAE (``prior='standard'``) is the baseline: N(0, I) everywhere.
 Loss = ``w_recon * ||x - x_recon||^2 + w_kld * KLD(posterior || prior)`` (squared error summed
@@ -45,7 +48,7 @@ class PriorSpec:
     eps: float = 1e-3
     sigma_min: float = 1e-2
     sigma_max: float = 1.0
-    prior_dims: int | None = None
+    prior_dims: int | float | None = None
     center: str = "median"
     r_center: float = 0.0
     r_scale: float = 1.0
@@ -55,8 +58,13 @@ class PriorSpec:
             raise StimoptError(f"prior must be one of {PRIORS}, got '{self.prior}'")
         if self.center not in CENTERS:
             raise StimoptError(f"center must be one of {CENTERS}, got '{self.center}'")
-        if self.prior_dims is not None and not 0 < int(self.prior_dims) <= self.latent_dim:
-            raise StimoptError(f"prior_dims must be in 1..latent_dim ({self.latent_dim}) or null, got {self.prior_dims}")
+        pd = self.prior_dims
+        if pd is not None and not isinstance(pd, bool) and isinstance(pd, float) and 0 < pd < 1:
+            self.prior_dims = max(1, int(round(pd * self.latent_dim)))  # a fraction of the latent dims
+        elif pd is not None and (isinstance(pd, bool) or float(pd) != int(pd) or not 0 < int(pd) <= self.latent_dim):
+            raise StimoptError(f"prior_dims must be a fraction in (0, 1), a count in 1..latent_dim ({self.latent_dim}) or null (all), got {pd}")
+        elif pd is not None:
+            self.prior_dims = int(pd)
 
     @property
     def mask(self) -> torch.Tensor:
@@ -281,6 +289,34 @@ def train_vae(
     return history
 
 
+def train_landscape(model, x: torch.Tensor, r: np.ndarray, spec: PriorSpec, *, decoded_rounds: int = 0,
+                    score_decoded=None, **train_kw) -> tuple[list[dict], np.ndarray]:
+    """Algorithm 1, then ``decoded_rounds`` rounds in which the prior follows the responses to the
+    VAE's own *decoded* reconstructions: ``score_decoded(images) -> [N]`` scores decode(encode(x))
+    (through the engine, in a fit), the normalization is refit to those responses and training goes
+    on for half the epochs. Returns (per-epoch history, the responses the final prior used).
+
+    Why (issue 19): the latent modification is read on decoded images, but a small VAE does not
+    render what drives a unit (the response to a reconstruction correlated 0.06-0.23 with the
+    response to its input on Lite0 units), so a prior laid out by the inputs' responses orders the
+    latent by something the decoder never shows. Laying it out by the decoded images' responses
+    makes "toward mu_pos" mean "toward codes whose decoded images respond more".
+    """
+    history = train_vae(model, x, r, spec, **train_kw)
+    used = np.asarray(r, dtype=np.float64)
+    for k in range(int(decoded_rounds)):
+        if score_decoded is None:
+            raise StimoptError("decoded_rounds > 0 needs a target to score the decoded images (a recorded response table has none: set model.decoded_rounds=0)")
+        with torch.no_grad():
+            mu = encode_means(model.eval(), x)
+            recon = torch.cat([model.decode(mu[i:i + 256]) for i in range(0, len(mu), 256)])
+        used = np.asarray(score_decoded(recon), dtype=np.float64)
+        spec.fit_normalization(used)
+        kw = dict(train_kw, epochs=max(1, int(train_kw.get("epochs", 150)) // 2), seed=int(train_kw.get("seed", 0)) + 1 + k)
+        history += [dict(h, epoch=len(history) + i, decoded_round=k + 1) for i, h in enumerate(train_vae(model, x, used, spec, **kw))]
+    return history, used
+
+
 def save_landscape(path, model, spec: PriorSpec, **extra) -> None:
     from stimopt.state import torch_plain
 
@@ -312,6 +348,6 @@ def point_kld(z: torch.Tensor, prior_mu: torch.Tensor, prior_sigma: float | torc
 
 
 __all__ = [
-    "PriorSpec", "kld_gaussian", "LinearVAE", "ConvVAE", "build_vae", "vae_loss", "train_vae",
+    "PriorSpec", "kld_gaussian", "LinearVAE", "ConvVAE", "build_vae", "vae_loss", "train_vae", "train_landscape",
     "landscape_report", "save_landscape", "load_landscape", "point_kld", "encode_means", "auc",
 ]
