@@ -384,3 +384,56 @@ def test_real_imagebeagle_bank_end_to_end(tmp_path):
         # 100 evaluations of a 192-d linear neuron (p > n): the ridge's leave-one-out R^2 depends on which
         # images were shown (the first sample, the focus weights), so this checks "learned it", not "exact".
         assert summary["optimizer_report"]["heldout_r2"] > 0.8
+
+
+def power_law_bank(folder: Path, n: int, d: int, seed: int = 0) -> Path:
+    """Features whose j-th principal axis has variance 1/j (randomly rotated): PCA keeps most, not all, of a readout."""
+    rng = np.random.default_rng(seed)
+    rot, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "features.npy", ((rng.standard_normal((n, d)) * np.arange(1, d + 1) ** -0.5) @ rot.T).astype(np.float32))
+    return folder
+
+
+@pytest.mark.parametrize("acquisition", ["thompson", "ucb"])
+def test_compact_scan_picks_what_the_full_precision_scan_picks(tmp_path, acquisition):
+    """The 8-bit PCA copy ranks the bank, the best share is re-scored on the full features: replayed
+    from the same states, the batches agree with the scan of the full features; the copy is cached
+    beside the bank, reused, and rebuilt when the features change."""
+    folder = power_law_bank(tmp_path / "bank", 40_000, 48)
+    feats = np.load(folder / "features.npy", mmap_mode="r")
+    space = stimopt.BankSpace(size=len(feats), features=feats, path=str(folder))
+    w = np.random.default_rng(1).standard_normal(feats.shape[1])
+    kw = dict(n_init=60, acquisition=acquisition, blas_threads=1, scan_above=0)
+    opt, full = SurrogateSearch(scan_dims=16, scan_share=0.01, **kw), SurrogateSearch(scan_dims=0, **kw)
+    opt.setup(space, seed=3, budget=2000, batch_size=20)
+    full.setup(space, seed=3, budget=2000, batch_size=20)
+    assert opt.compact is not None and full.compact is None and opt.compact.codes.shape == (len(feats), 16)
+    cached = sorted(p.name for p in (folder / "surrogate").iterdir())
+    assert cached == ["features.pca16.json", "features.pca16.npy"]
+    codes = opt.ask(60)
+    opt.tell(codes, np.asarray(feats[np.sort(codes)]) @ w)
+    overlap, loose = [], []
+    for _ in range(4):
+        state = opt.state_dict()
+        full.load_state_dict({k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in state.items()})
+        a, b = opt.ask(20), full.ask(20)
+        overlap.append(len(set(a.tolist()) & set(b.tolist())) / 20)
+        opt.tell(a, np.asarray(feats[a]) @ w)
+    assert min(overlap) >= 0.9, overlap
+    # Without the exact re-score (one candidate per draw), the codes alone pick differently: the re-score matters.
+    coarse = SurrogateSearch(scan_dims=4, scan_share=1e-9, **kw)
+    coarse.setup(space, seed=3, budget=2000, batch_size=20)
+    coarse.load_state_dict(opt.state_dict())
+    full.load_state_dict(opt.state_dict())
+    assert len(set(coarse.ask(20).tolist()) & set(full.ask(20).tolist())) < 20
+    # Reused while the features are unchanged; rebuilt (new codes) when they change.
+    before = (folder / "surrogate" / "features.pca16.npy").stat().st_mtime_ns
+    again = SurrogateSearch(scan_dims=16, **kw)
+    again.setup(space, seed=3, budget=2000, batch_size=20)
+    assert isinstance(again.compact.codes, np.memmap) and (folder / "surrogate" / "features.pca16.npy").stat().st_mtime_ns == before
+    np.save(folder / "features.npy", -np.asarray(feats))
+    feats2 = np.load(folder / "features.npy", mmap_mode="r")
+    rebuilt = SurrogateSearch(scan_dims=16, **kw)
+    rebuilt.setup(stimopt.BankSpace(size=len(feats2), features=feats2, path=str(folder)), seed=3, budget=2000, batch_size=20)
+    assert not np.array_equal(np.asarray(rebuilt.compact.codes), np.asarray(again.compact.codes))

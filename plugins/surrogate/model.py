@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+from .compact import read_rows
+
 ACQUISITIONS = ("thompson", "ucb", "greedy")
 INITS = ("random", "coreset")
 KERNELS = ("linear", "rff")
@@ -29,7 +31,7 @@ def standardizer(arrays: list[np.ndarray], n_sample: int, seed: int = 12345) -> 
     """Per-dimension mean/std of the concatenated features, from a fixed random sample of rows."""
     size = arrays[0].shape[0]
     rows = np.arange(size) if size <= n_sample else np.sort(np.random.default_rng(seed).choice(size, n_sample, replace=False))
-    x = np.concatenate([np.asarray(a[rows], dtype=np.float64) for a in arrays], axis=1)
+    x = read_rows(arrays, rows).astype(np.float64)  # a temporary mapping: the sample's pages do not stay resident
     mu, sd = x.mean(0), x.std(0)
     sd[~(sd > 1e-8 * max(float(sd.max()), 1e-30))] = 1.0
     return mu, sd

@@ -9,6 +9,7 @@ from stimopt.ridge import fit_ridge, posterior_draws
 
 from .model import ACQUISITIONS, INITS, KERNELS, FeatureMap, blas_threads, focus_weights
 from .report import surrogate_report
+from .compact import compact_features
 from .scan import scan_bank
 
 
@@ -42,6 +43,9 @@ class SurrogateSearch(stimopt.Optimizer):
         n_report: int = 50,
         n_standardize: int = 20000,
         blas_threads: int = 1,
+        scan_dims: int = 64,
+        scan_above: int = 1_000_000,
+        scan_share: float = 1e-3,
     ):
         if acquisition not in ACQUISITIONS:
             raise StimoptError(f"optimizer.acquisition must be one of {ACQUISITIONS}, got '{acquisition}'")
@@ -74,6 +78,10 @@ class SurrogateSearch(stimopt.Optimizer):
         self.retry_missing, self.chunk_size = int(retry_missing), int(chunk_size)
         self.n_report, self.n_standardize = int(n_report), int(n_standardize)
         self.blas_threads = int(blas_threads)
+        if scan_dims < 0 or not 0 < scan_share <= 1:
+            raise StimoptError(f"optimizer.scan_dims must be >= 0 (0 = scan the full features) and optimizer.scan_share in (0, 1], "
+                               f"got {scan_dims}, {scan_share}")
+        self.scan_dims, self.scan_above, self.scan_share = int(scan_dims), int(scan_above), float(scan_share)
 
     # -- setup ----------------------------------------------------------------------------------
     def setup(self, space, *, seed, budget, batch_size):
@@ -89,6 +97,10 @@ class SurrogateSearch(stimopt.Optimizer):
         if self.neighbours and space.graph is None:
             raise StimoptError("optimizer.neighbours > 0 needs the bank's kNN graph, which this bank does not have; set optimizer.neighbours=0")
         self.features = FeatureMap(self.arrays, self.kernel, self.n_random_features, self.n_standardize)
+        self.compact = None
+        if self.kernel == "linear" and self.scan_dims and space.size >= self.scan_above:
+            with blas_threads(self.blas_threads):
+                self.compact = compact_features(self.arrays, min(self.scan_dims, self.features.mu.size), space.path)
         core = [np.asarray(c, dtype=np.int64).ravel() for c in space.coresets]
         core = np.concatenate(core) if core else np.zeros(0, np.int64)
         if core.size and (core.min() < 0 or core.max() >= space.size):
@@ -170,7 +182,7 @@ class SurrogateSearch(stimopt.Optimizer):
 
     def _scan(self, dirs: np.ndarray, intercept: float, m: int, exclude: np.ndarray, reduce=None):
         """Top-m bank items per column of ``dirs`` (see :func:`.scan.scan_bank`)."""
-        return scan_bank(self.features, dirs, intercept, m, exclude, self.chunk_size, reduce)
+        return scan_bank(self.features, dirs, intercept, m, exclude, self.chunk_size, reduce, self.compact, self.scan_share)
 
     # -- ask / tell ------------------------------------------------------------------------------
     def _random_unshown(self, n: int) -> np.ndarray:
