@@ -19,7 +19,8 @@ with their kind; only the optimizer's are told and count as evaluations. ``budge
 target's ``presentations_per_image``, references and repeats included).
 
 ``lookahead=1`` (latency hiding): while the target evaluates generation g, a thread asks and
-generates generation g+1 (and hands its images to the target's optional ``prepare``), so the
+generates generation g+1 (and hands its images to the target's optional ``prepare``; a target with
+``wait_published(g, timeout)`` is first left to publish g undisturbed), so the
 time between g's last answer and g+1 being shown is the tell, the commit and the publication
 only. The ask of g+1 then cannot see g's answers: a one-generation lag, exact for an optimizer
 whose ask never depends on them (random search), a delayed update for a population method. Only
@@ -53,13 +54,16 @@ BUDGET_COUNTS = ("stimuli", "presentations")
 class Ahead(threading.Thread):
     """The next generation asked, generated and prepared (``target.prepare``) while the target works."""
 
-    def __init__(self, run: "Run", n: int):
+    def __init__(self, run: "Run", n: int, shown: int):
         super().__init__(name="stimopt-lookahead", daemon=True)
-        self.run_, self.n, self.value, self.error = run, n, None, None
+        self.run_, self.n, self.shown, self.value, self.error = run, n, shown, None, None
         self.start()
 
     def run(self) -> None:
         try:
+            wait = getattr(self.run_.target, "wait_published", None)
+            if wait is not None:  # a target that shows its stimuli somewhere: not in the way of that
+                wait(self.shown, timeout=10.0)
             codes, info, _ = self.run_._ask(self.n)
             with torch.inference_mode():
                 images = self.run_.generator.generate(codes)
@@ -218,7 +222,7 @@ class Run:
             return None
         room = self.room() - (n + n_extras if self.budget_counts == "presentations" else n)
         n = self._batch(self.interleave.most(generation), room)
-        return Ahead(self, n) if n > 0 else None
+        return Ahead(self, n, generation - 1) if n > 0 else None
 
     def room(self) -> int:
         """Stimuli the budget still allows (budget_counts: the optimizer's stimuli, or presentations)."""

@@ -233,7 +233,7 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
         budget=int(cfg.budget), batch_size=int(cfg.batch_size),
         on_bad_response=str(cfg.on_bad_response), run_dir=run_dir,
         budget_counts=str(cfg.get("budget_counts") or "stimuli"), interleave=Interleave(references, elites),
-        lookahead=int(cfg.get("lookahead") or 0),
+        lookahead=schema.whole_number("lookahead", cfg.get("lookahead", 0), 0, "0 or 1 (generations asked ahead)"),
     )
     run.restore()
     return run

@@ -7,6 +7,7 @@ import math
 import os
 import re
 import stat
+import threading
 import time
 
 import numpy as np
@@ -87,7 +88,21 @@ class RigTarget(stimopt.Target):
         self.generation = 0
         self.last: dict = {}
         self._trial_records = None
-        self._prepared = None  # (images, pixels, request id, PNG files) made ahead by prepare()
+        self._prepared = None  # (generation, images, pixels, request id, PNG files, folder) made ahead by prepare()
+        self._answered = self._critical = None  # when the last answer was read; last answer -> next manifest (wall, CPU)
+        self._published = threading.Condition()
+        self._published_generation = -1
+
+    def wait_published(self, generation: int, timeout: float | None = None) -> bool:
+        """Wait until generation ``generation`` is out (or failed to be): the engine's lookahead thread
+        waits for it so that preparing the next generation never slows publishing this one."""
+        with self._published:
+            return self._published.wait_for(lambda: self._published_generation >= generation, timeout)
+
+    def _mark_published(self, generation: int) -> None:
+        with self._published:
+            self._published_generation = max(self._published_generation, generation)
+            self._published.notify_all()
 
     def prepare(self, images) -> None:
         """Latency hiding (the engine's lookahead): convert, encode and write the next generation's
@@ -197,6 +212,8 @@ class RigTarget(stimopt.Target):
             manifest.update(window=list(self.window), baseline_window=self.baseline_window and list(self.baseline_window))
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         os.replace(tmp, folder)  # atomic: the lab sees the whole generation or nothing
+        if self._answered is not None:  # stimopt's time between the last answer of g-1 and this manifest
+            self._critical = (time.perf_counter() - self._answered[0], time.process_time() - self._answered[1])
         return True, manifest
 
     def _read_manifest(self, folder) -> dict:
@@ -218,10 +235,12 @@ class RigTarget(stimopt.Target):
     def evaluate(self, images):
         t0, c0 = time.perf_counter(), time.process_time()
         g = self.generation
+        self._critical = None
         pixels, rid, encoded, written = self._pixels(images, g)
         try:
             wrote, manifest = self._publish(g, pixels, rid, encoded, written)
-        except OSError as exc:  # a full disk, a read-only share: nothing was shown for this generation
+        except OSError as exc:
+            self._mark_published(g)  # a full disk, a read-only share: nothing was shown for this generation
             raise StimoptError(f"cannot publish generation {g} in {self.outbox}: {exc.strerror or exc}; "
                                "fix that and resume the run (resume=RUN_DIR)") from None
         name = f"{gen_name(g)}.jsonl"
@@ -232,6 +251,7 @@ class RigTarget(stimopt.Target):
             if self.link is None:
                 self.link = ZmqLink(self.endpoint)
             self.link.send(json.dumps({**manifest, "folder": f"outbox/{gen_name(g)}"}).encode())
+        self._mark_published(g)  # out: the lookahead thread may work now
 
         def poll(final=False):
             if self.link is not None:
@@ -265,6 +285,7 @@ class RigTarget(stimopt.Target):
                 time.sleep(nap)
             waited += nap
             poll()
+        answered = (time.perf_counter(), time.process_time())  # the last answer read: the next critical path starts
         resp, trials = reader.responses()
         if self.channels is not None:
             resp = resp[:, self.channels]
@@ -276,6 +297,8 @@ class RigTarget(stimopt.Target):
             "done_line": reader.done, "timed_out": not reader.complete(), "inbox_problem": reader.problem,
             "total_s": round(total, 4), "waited_s": round(waited, 4), "own_s": round(total - waited, 4),
             "own_cpu_s": round(time.process_time() - c0, 4),
+            "critical_s": self._critical and round(self._critical[0], 4),
+            "critical_cpu_s": self._critical and round(self._critical[1], 4),
         }
         if self.window is not None:  # spike times: the windows, the baseline per image and per trial
             base = reader.baselines()
@@ -301,6 +324,7 @@ class RigTarget(stimopt.Target):
         for p in problems:
             log.warning("rig generation %d: %s", g, p)
         self.generation = g + 1
+        self._answered = answered
         _crash_point("commit", g)
         return resp if self.n_outputs > 1 else resp[:, 0]
 
