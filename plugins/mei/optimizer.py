@@ -45,7 +45,7 @@ class MEI(stimopt.Optimizer):
 
     white_box = True
 
-    def __init__(self, param: str = "fourier", decay: float = 1.0, init_std: float = 0.01, lr: float = 0.05,
+    def __init__(self, param: str = "fourier", decay: float = 1.0, init_std: float = 0.01, lr: float = 0.03,
                  steps_per_ask: int = 32, jitter: float = 8.0, scale: float = 0.1, rotate: float = 10.0,
                  blur_sigma: float = 0.0, norm: float | None = None, contrast: float | None = None,
                  diversity: float = 0.0, opponent: float = 0.4):
