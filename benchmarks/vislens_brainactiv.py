@@ -112,7 +112,8 @@ def main():
         sign = 1 if d == "max" else -1
         summary[key] = {"mean_delta_r_sd": float(np.mean([r[key]["delta_r_sd"] for r in rows])),
                         "right_way_every_roi": bool(all(sign * r[key]["delta_r_sd"] > 0 for r in rows))}
-    doc = {"config": vars(args) | {"out": "benchmarks/results/vislens_brainactiv.json"}, "rois": rows, "summary": summary,
+    doc = {"config": vars(args) | {"out": "benchmarks/results/vislens_brainactiv.json"}, "encoder_r2_test_median": enc.get("r2_test_median"),
+           "rois": rows, "summary": summary,
            "paper": PAPER, "load_avg": os.getloadavg(), "wall_s": time.perf_counter() - t0}
     Path(args.out).write_text(json.dumps(doc, indent=1))
     print(json.dumps(summary, indent=1))
