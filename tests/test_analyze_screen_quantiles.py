@@ -132,7 +132,7 @@ class ChannelMap(stimopt.Target):
         return f"channelmap[{self.unit}]"
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "poisson"])
+@pytest.mark.parametrize("kind", ["gaussian", pytest.param("poisson", marks=pytest.mark.slow)])
 def test_quantiles_of_noisy_channels_report_their_spread(tmp_path, kind):
     from stimopt.noise import NoisyTarget
 
