@@ -179,7 +179,8 @@ def main():
             target.close()
             log(f"{u}: done")
     summary = summarize(results)
-    doc = {"config": vars(args) | {"out": "benchmarks/results/vislens_table3.json", "strip": "docs/vislens_strip.png"},
+    rel = lambda f: os.path.relpath(f, ROOT) if str(Path(f).resolve()).startswith(str(ROOT)) else Path(f).name  # noqa: E731
+    doc = {"config": vars(args) | {"out": rel(args.out), "strip": rel(args.strip)},
            "units": results, "mean": summary["mean"], "orderings": summary["orderings"], "paper": PAPER,
            "load_avg": os.getloadavg(), "wall_s": time.perf_counter() - t0}
     Path(args.out).write_text(json.dumps(doc, indent=1))
