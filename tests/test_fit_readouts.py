@@ -129,3 +129,14 @@ def test_bad_readout_options_are_one_line(tmp_path):
         compare_readouts(f, y, split, OmegaConf.create({**OPTS, "quantiles": [1.5]}), mappings=["quantile"])
     with pytest.raises(StimoptError, match=r"feature map \[N, C, H, W\]"):
         compare_readouts(f.flatten(1), y, split, OmegaConf.create(OPTS))
+
+
+def test_a_checkpoint_from_before_readouts_is_read_as_its_ridge():
+    """Encoder checkpoints written before model.readout existed hold x_mean, x_std, w, b only."""
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(5, 4, 3, 3, generator=g)
+    x_mean, x_std, w, b = torch.randn(16, generator=g), torch.rand(16, generator=g) + 0.5, torch.randn(16, 2, generator=g), torch.randn(2)
+    r = Readout.from_checkpoint({"pool": 2, "x_mean": x_mean, "x_std": x_std, "w": w, "b": b})
+    x = torch.nn.functional.adaptive_avg_pool2d(feats, 2).flatten(1)
+    assert r.kind == "linear"
+    torch.testing.assert_close(r(feats), ((x - x_mean) / x_std) @ w + b)
