@@ -228,7 +228,9 @@ class Crash(BaseException):
 
 
 @pytest.mark.slow
-def test_rig_run_crashed_and_resumed_with_references_elites_and_spike_times(tmp_path, compose, one_thread, monkeypatch):
+@pytest.mark.parametrize("transport", ["file", "zmq"])
+def test_rig_run_crashed_and_resumed_with_references_elites_and_spike_times(tmp_path, compose, one_thread, monkeypatch,
+                                                                            transport):
     """run_experiment with target=rig and the simulated lab: references every 2 generations, one elite
     re-shown, spike times with a baseline window, the budget in presentations; it dies while waiting
     for generation 2 (references and an elite in it) and is resumed: each generation presented once,
@@ -240,12 +242,21 @@ def test_rig_run_crashed_and_resumed_with_references_elites_and_spike_times(tmp_
 
     rig, run = tmp_path / "rig", tmp_path / "run"
     sim = LabSim(rig, weights="random", input_size=8, spikes=True, drop=0.2, reorder=True, seed=7)
-    lab = lab_in_thread(sim, n_generations=100, timeout=6.0)
+    over = []
+    if transport == "zmq":
+        pytest.importorskip("zmq")
+        from test_rig_zmq import free_endpoint, lab_zmq_thread
+
+        endpoint = free_endpoint()
+        lab = lab_zmq_thread(sim, endpoint, n_generations=100, idle=60.0)
+        over = ["target.transport=zmq", f"target.endpoint={endpoint}"]
+    else:
+        lab = lab_in_thread(sim, n_generations=100, timeout=60.0)
     args = ["experiment=rig", f"target.rig_dir={rig}", "target.timeout_s=20", "target.poll_s=0.005",
             "target.presentations=2", "generator=pixels", "generator.size=8", "generator.resolution=4",
             "optimizer=random", "seed=3", "budget=60", "batch_size=4", "logger=none", "reference.kind=null",
             f"target.references.source={reference_folder(tmp_path)}", "target.references.n=2", "target.references.every=2",
-            "target.elites.n=1", "budget_counts=presentations", "target.window=[0.05,0.2]", "target.baseline_window=[-0.1,0.0]"]
+            "target.elites.n=1", "budget_counts=presentations", "target.window=[0.05,0.2]", "target.baseline_window=[-0.1,0.0]", *over]
 
     def crash(stage, g):
         if (stage, g) == ("wait", 2):
