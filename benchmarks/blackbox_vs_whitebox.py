@@ -155,6 +155,26 @@ def print_table(t: dict) -> None:
         print(f"| {cfg} | {noise} | {len(s['units'])} | {s['median_value']:.1f} | {lg} | {me} |")
 
 
+#: the former default (gain 4, sigma0 1) on units run before this benchmark, from benchmarks/results/cma_overhead.json
+#: (units 0, 5, 10, 17) and issue 14's table (unit 33); the same config as ``cma-g4``.
+FORMER_DEFAULT = {("blocks.3", 0): 50.6, ("blocks.3", 5): 61.1, ("blocks.3", 10): 49.9, ("blocks.3", 17): 38.3, ("blocks.3", 33): 59.2}
+
+
+def per_unit(t: dict, results: list[dict]) -> None:
+    """Noiseless per-unit table: former default, default, white-box references, ratios."""
+    val = {(r["layer"], r["unit"], r["config"]): r["best_response"] for r in results if r["noise"] == "none"}
+    units = sorted({(r["layer"], r["unit"]) for r in results if r["config"] == "default" and r["noise"] == "none"})
+    print("| unit | former default (gain 4, sigma0 1) | default | white box latent_gradient | default / latent_gradient | mei | default / mei |")
+    print("|---|---|---|---|---|---|---|")
+    for layer, u in units:
+        k = f"{layer}[{u}]"
+        old = val.get((layer, u, "cma-g4"), FORMER_DEFAULT.get((layer, u)))
+        new = val[(layer, u, "default")]
+        wb, mei = t["white_box_latent_gradient"].get(k), t["white_box_mei"].get(k)
+        f = lambda x, d=1: "–" if x is None else f"{x:.{d}f}"
+        print(f"| {k} | {f(old)} | {new:.1f} | {f(wb)} | {f(None if wb is None else new / wb, 2)} | {f(mei)} | {f(None if mei is None else new / mei, 2)} |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--plan", default="default", help=f"comma-separated configs: {', '.join(CONFIGS)}")
@@ -200,7 +220,10 @@ def main() -> int:
                     results = write()
                     print(f"[{time.perf_counter() - t0:6.0f}s] {layer}[{unit}] {label} {noise}: best {row['best_response']:.1f}, "
                           f"last-gen best read clean {row['last_gen_best']:.1f} ({row['wall_s']:.0f} s)", flush=True)
-    print_table(table(results))
+    t = table(results)
+    print_table(t)
+    print()
+    per_unit(t, results)
     return 0
 
 
