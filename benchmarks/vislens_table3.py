@@ -60,7 +60,7 @@ def lite0_features(size):
 
 
 def fit(prior, x, r, args, path, refs, score_decoded=None):
-    pd = args.prior_dims if args.prior_dims < 1 else int(args.prior_dims) or None
+    pd = None if not args.prior_dims else args.prior_dims if args.prior_dims < 1 else int(args.prior_dims)
     spec = PriorSpec(prior=prior, latent_dim=args.latent_dim, prior_dims=pd)
     spec.fit_normalization(r)
     model = ConvVAE(32, args.latent_dim)
