@@ -294,9 +294,19 @@ def load_responses(spec, what: str = "data") -> tuple[np.ndarray, list[str]]:
     raise StimoptError(f"{what}.format must be table, nsd or things_eeg, got '{fmt}'")
 
 
+TWIN_TAILS = ("two", "one")
+
+
 def make_twin(features, n_images: int = 1500, n_neurons: int = 8, size: int = 112, noise: float = 0.2,
-              repeats: int = 1, seed: int = 0, batch: int = 64) -> dict:
+              repeats: int = 1, seed: int = 0, batch: int = 64, tails: str = "two") -> dict:
     """Synthetic data set: natural crops, a teacher's noiseless responses and noisy trials.
+
+    ``tails="two"`` (default): each neuron's response is its linear drive about its median, so
+    images drive it above and below baseline (preferred and anti-preferred tails, like recorded V4
+    neurons in the seed paper, Fig. 1). ``tails="one"``: the same drive rectified at the median,
+    silent (exactly 0) for half of the images and with no anti-preferred tail (like a post-ReLU CNN
+    unit; skewness ~1.6 for a Gaussian drive, where a 30% floor would give ~1.0, the one/two
+    boundary of ``stimopt-analyze skewness``).
 
     Returns ``images`` [N,3,size,size], ``clean`` [N,K], ``trials`` [N,R,K] (clean + noise x SD x
     N(0,1) per trial) and ``responses`` [N,K] (their repeat average).
@@ -308,13 +318,18 @@ def make_twin(features, n_images: int = 1500, n_neurons: int = 8, size: int = 11
             raise StimoptError(f"data.twin.{key} must be a whole number >= {low}, got {value!r}")
     if not np.isfinite(float(noise)) or float(noise) < 0:
         raise StimoptError(f"data.twin.noise must be a number >= 0, got {noise!r}")
+    if str(tails) not in TWIN_TAILS:
+        raise StimoptError(f"data.twin.tails must be two (responses above and below baseline) or one (a ReLU), got {tails!r}")
     images = natural_crops(int(n_images), size=int(size), seed=int(seed))
     with torch.no_grad():
         probe = features(images[:1])
     teacher = TwinTeacher(features, probe.shape[1], probe.shape[2], probe.shape[3], int(n_neurons), seed=int(seed) + 1)
     drive = torch.cat([teacher.drive(images[i:i + batch]).cpu() for i in range(0, len(images), batch)])
-    teacher.threshold = drive.quantile(0.3, dim=0)  # each neuron silent for ~30% of the images
-    clean = F.relu(drive - teacher.threshold).double().numpy()
+    teacher.threshold = drive.median(dim=0).values  # the baseline: each neuron's median drive
+    if str(tails) == "one":  # rectified at baseline: silent (exactly 0) for half of the images
+        clean = F.relu(drive - teacher.threshold).double().numpy()
+    else:  # two-tailed: responses above and below baseline
+        clean = (drive - teacher.threshold).double().numpy()
     sd = clean.std(axis=0, keepdims=True) + 1e-12
     clean = clean / sd  # unit SD per neuron
     rng = np.random.default_rng(seed)

@@ -121,8 +121,11 @@ def test_demo_checkpoint_is_fitted_once_then_reused(tmp_path, monkeypatch):
                                                       "model.layer=conv1", "model.pool=2", "device=cpu"])
     monkeypatch.setattr(neural.checkpoints, "DEMO_DATA", ["model.input_size=16", "data.size=16", "data.twin.n_images=60",
                                               "data.twin.n_neurons=2", "seed=0"])
+    stale = tmp_path / "cache" / "fits" / "encoder-demo-v1" / "model.pt"  # an older demo's cache: never reused
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old one-tailed demo")
     target = neural.EncoderTarget("demo", roi=1, device="cpu")  # fitted now, in a separate process
-    path = tmp_path / "cache" / "fits" / "encoder-demo-v1" / "model.pt"
+    path = tmp_path / "cache" / "fits" / f"encoder-demo-v{neural.checkpoints.DEMO_VERSION}-two" / "model.pt"
     assert target.checkpoint == str(path) and path.is_file()
     stamp = path.stat().st_mtime_ns
     again = neural.EncoderTarget("demo", roi=1, device="cpu")  # reused, not refitted
@@ -132,6 +135,39 @@ def test_demo_checkpoint_is_fitted_once_then_reused(tmp_path, monkeypatch):
     monkeypatch.setitem(neural.DEMO_FITS, "v4_ensemble", ["model=no_such_model"])
     with pytest.raises(StimoptError, match=r"the demo v4_ensemble fit failed .*stimopt-fit model=v4_ensemble"):
         neural.V4EnsembleTarget("demo", device="cpu")
+
+
+@pytest.mark.slow
+def test_twin_is_two_tailed_by_default_and_one_tailed_with_the_option():
+    """The digital twin's neurons respond above and below baseline (skewness: two-tailed) unless
+    data.twin.tails=one (a ReLU at baseline: half the images at exactly 0, one-tailed up)."""
+    from stimopt.analyze.skewness import summarize
+
+    torch.manual_seed(0)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, stride=2), torch.nn.ReLU()).eval()
+    two = R.make_twin(conv, n_images=400, n_neurons=4, size=16, noise=0.0, seed=0)
+    one = R.make_twin(conv, n_images=400, n_neurons=4, size=16, noise=0.0, seed=0, tails="one")
+    s2, s1 = summarize(two["clean"], two["names"]), summarize(one["clean"], one["names"])
+    assert [u["tails"] for u in s2["units"]] == ["two"] * 4, s2
+    assert (two["clean"] < 0).mean() > 0.4 and (two["clean"] == 0).mean() < 0.01  # an anti-preferred tail
+    assert [(u["tails"], u["side"]) for u in s1["units"]] == [("one", "up")] * 4, s1
+    assert abs((one["clean"] == 0).mean() - 0.5) < 0.02 and one["clean"].min() == 0
+    with pytest.raises(StimoptError, match="data.twin.tails must be two"):
+        R.make_twin(conv, n_images=10, n_neurons=1, size=16, tails="both")
+
+
+def test_demo_spellings_pick_the_tails(tmp_path, monkeypatch):
+    monkeypatch.setenv("STIMOPT_CACHE", str(tmp_path))
+    assert neural.checkpoints.demo_spelling("demo") == "two" and neural.checkpoints.demo_spelling("demo:one") == "one"
+    assert neural.checkpoints.demo_spelling("model.pt") is None
+    with pytest.raises(StimoptError, match="demo:one"):
+        neural.checkpoints.demo_spelling("demo:three")
+    v = neural.checkpoints.DEMO_VERSION
+    for tails in ("two", "one"):  # each variant has its own cache folder
+        f = tmp_path / "fits" / f"v4_ensemble-demo-v{v}-{tails}" / "model.pt"
+        f.parent.mkdir(parents=True)
+        f.write_bytes(tails.encode())
+        assert neural.checkpoints.demo_checkpoint("v4_ensemble", tails) == f
 
 
 def test_greedy_matching_recovers_a_shuffled_session():

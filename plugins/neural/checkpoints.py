@@ -2,7 +2,10 @@
 
 ``target.checkpoint=demo``: a twin fitted once, on first use, to synthetic digital-twin neurons
 (stimopt-fit's default data) at the scale of benchmarks/fit_twin.py, and cached. A demo, not a V4
-recording.
+recording. The demo neurons are two-tailed (``data.twin.tails=two``: images drive them above and
+below baseline, so ``direction=min`` finds anti-preferred images); ``target.checkpoint=demo:one``
+is the one-tailed variant (a ReLU teacher, half of the images at exactly 0). Each variant has its own
+cache folder, named with ``DEMO_VERSION`` and the tails, so a cache of an older demo is never reused.
 """
 from __future__ import annotations
 
@@ -23,20 +26,38 @@ DEMO_FITS = {
                     "model.width=32", "model.epochs=30"],
     "encoder": ["model=encoder"],
 }
+DEMO_VERSION = 2  # bump when the demo data or fit changes: the cache folder is keyed by it
+DEMO_TAILS = ("two", "one")
 DEMO_DATA = ["model.input_size=96", "data.size=96", "data.twin.n_images=1200", "data.twin.n_neurons=8", "seed=0"]
 
 
-def demo_checkpoint(kind: str) -> Path:
-    """The cached demo twin of ``kind`` (fitted in a separate stimopt-fit process when missing)."""
+def demo_spelling(checkpoint) -> str | None:
+    """The tails of a demo checkpoint spelling (``demo`` -> two, ``demo:one``, ``demo:two``), else None."""
+    text = str(checkpoint)
+    if text == "demo":
+        return "two"
+    if not text.startswith("demo:"):
+        return None
+    tails = text.split(":", 1)[1]
+    if tails not in DEMO_TAILS:
+        raise StimoptError(f"target.checkpoint={text}: the demo twin is demo (two-tailed), demo:two or demo:one (one-tailed)")
+    return tails
+
+
+def demo_checkpoint(kind: str, tails: str = "two") -> Path:
+    """The cached demo twin of ``kind`` with ``tails`` (two | one), fitted in a separate stimopt-fit
+    process when missing."""
     from stimopt.cache import cache_dir
 
-    out = cache_dir() / "fits" / f"{kind}-demo-v1"
+    if tails not in DEMO_TAILS:
+        raise StimoptError(f"the demo twin's tails must be two or one, got {tails!r}")
+    out = cache_dir() / "fits" / f"{kind}-demo-v{DEMO_VERSION}-{tails}"
     if (out / "model.pt").is_file():
         return out / "model.pt"
-    print(f"stimopt: fitting the demo {kind} to synthetic digital-twin neurons (once, a few minutes) into {out}",
+    print(f"stimopt: fitting the demo {kind} to synthetic {tails}-tailed digital-twin neurons (once, a few minutes) into {out}",
           file=sys.stderr, flush=True)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    cmd = [sys.executable, "-c", "from stimopt.fit import main; main()", *DEMO_FITS[kind], *DEMO_DATA, f"out={tmp}"]
+    cmd = [sys.executable, "-c", "from stimopt.fit import main; main()", *DEMO_FITS[kind], *DEMO_DATA, f"data.twin.tails={tails}", f"out={tmp}"]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0 or not (tmp / "model.pt").is_file():
         tail = " | ".join(proc.stdout.strip().splitlines()[-2:])
@@ -64,8 +85,9 @@ def read_checkpoint(path) -> dict:
 
 
 def load_checkpoint(path, kind: str) -> dict:
-    if str(path) == "demo":
-        path = demo_checkpoint(kind)
+    tails = demo_spelling(path)
+    if tails is not None:
+        path = demo_checkpoint(kind, tails)
     if path is None or not Path(str(path)).is_file():
         raise StimoptError(f"target.checkpoint={path} is not a file; fit one with: stimopt-fit model={kind} ... "
                            "(it writes model.pt), or use target.checkpoint=demo")

@@ -16,7 +16,8 @@ def dataset_from_config(cfg, backbone) -> dict:
         if d.get("images") is not None:
             raise StimoptError("data.images given without data.responses; give both, or neither for the synthetic twin")
         t = d.twin
-        twin = R.make_twin(backbone, int(t.n_images), int(t.n_neurons), size, float(t.noise), int(t.repeats), int(cfg.seed))
+        twin = R.make_twin(backbone, int(t.n_images), int(t.n_neurons), size, float(t.noise), int(t.repeats), int(cfg.seed),
+                           tails=str(t.get("tails", "two")))
         return {"images": twin["images"], "responses": twin["responses"], "names": twin["names"],
                 "clean": twin["clean"], "source": "twin"}
     table, names = R.load_responses(d, "data")
