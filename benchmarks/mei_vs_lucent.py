@@ -146,7 +146,7 @@ def grid(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     n = len(rows)
-    fig, axes = plt.subplots(2, n, figsize=(1.9 * n, 4.1), squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=(1.9 * n, 4.5), squeeze=False)
     for j, r in enumerate(rows):
         for i, m in enumerate(("mei", "lucent")):
             ax = axes[i][j]
@@ -156,7 +156,7 @@ def grid(rows: list[dict], path: Path) -> None:
             if j == 0:
                 ax.set_ylabel("stimopt mei" if m == "mei" else "lucent render_vis", fontsize=9)
     fig.suptitle("Lite0 blocks.3 centre units, 128 px, equal gradient steps", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(h_pad=1.2)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
