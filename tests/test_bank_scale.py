@@ -79,7 +79,7 @@ def _slurm_conf(folder: Path, host: str) -> str:
     return "\n".join([
         "ClusterName=stimopt-ci", f"SlurmctldHost={host}(127.0.0.1)", "AuthType=auth/munge", "SlurmUser=root",
         "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "SchedulerType=sched/builtin",
-        "SelectType=select/cons_tres", "MpiDefault=none", "JobAcctGatherType=jobacct_gather/none", "ReturnToService=2",
+        "SelectType=select/cons_tres", "MpiDefault=none", "KillWait=1", "JobAcctGatherType=jobacct_gather/none", "ReturnToService=2",
         f"SlurmctldPidFile={folder}/slurmctld.pid", f"SlurmdPidFile={folder}/slurmd.pid",
         f"StateSaveLocation={folder}/state", f"SlurmdSpoolDir={folder}/spool",
         f"SlurmctldLogFile={folder}/slurmctld.log", f"SlurmdLogFile={folder}/slurmd.log",
@@ -141,5 +141,52 @@ def test_submitit_slurm_build_goes_through_sbatch_and_equals_the_single_process_
         assert "#SBATCH --array=0-1" in script and "#SBATCH --partition=ci" in script and "#SBATCH --mem=1GB" in script
         assert len(list(jobs.glob("*_*/*_0_result.pkl"))) == 2, stage
     a, b = load_bank(tmp_path / "single"), load_bank(tmp_path / "slurm")
+    for name in ("features.npy", "graph.npy", "coresets.npy", "offsets.npy"):
+        assert np.array_equal(np.load(a.path / name), np.load(b.path / name)), name
+
+
+@pytest.mark.slow
+def test_slurm_job_cancelled_mid_shard_is_resumed_by_rerunning_the_command(tmp_path, slurm_cluster):
+    """scancel the feature job array while its shards compute: no bank is written; the same command
+    again finishes it (a killed job's half-written NNNNN.tmp-PID folder is removed) and
+    the bank equals the single-process build."""
+    from stimopt.bank.cli import main
+    from stimopt.bank.manifest import shard_dir
+    from tests.conftest import BIN
+
+    common = ["build", "demo:120", "--model", "pixels", "--input-size", "8", "--image-size", "24", "--k", "6",
+              "--shard-size", "60"]
+    main([*common, str(tmp_path / "single")])
+    out = tmp_path / "slurm"
+    cmd = [str(BIN / "stimopt-bank"), *common, str(out), "--launcher", "submitit_slurm",
+           *[a for o in ("hydra.launcher.partition=ci", "hydra.launcher.timeout_min=10", "hydra.launcher.mem_gb=1")
+             for a in ("--launcher-override", o)]]
+    env = cli_env(SLURM_CONF=slurm_cluster["SLURM_CONF"])
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline, running = time.time() + 120, ""
+    while not running and time.time() < deadline and first.poll() is None:
+        running = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%F"], env=env, capture_output=True, text=True).stdout.split()
+        running = running[0] if running else ""
+        time.sleep(0.05)
+    assert running, f"no SLURM job started running: {first.communicate(timeout=60)[0][-800:] if first.poll() is None else first.stdout.read()[-800:]}"
+    # submitit's job ignores SIGTERM; SIGKILL follows after KillWait (1 s here), mid-shard.
+    subprocess.run(["scancel", running], env=env, check=True)
+    while subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout.strip():
+        assert time.time() < deadline + 60, "the cancelled SLURM jobs did not go away"
+        time.sleep(0.2)
+    # This one-node cluster keeps no accounting (no slurmdbd, so no sacct): submitit cannot learn that
+    # the jobs were cancelled and would wait for them forever. Stop the waiting command as a user would.
+    if first.poll() is None:
+        first.terminate()
+    first.communicate(timeout=60)
+    assert not (out / "manifest.json").exists()
+    assert not (shard_dir(out, 0).exists() and shard_dir(out, 1).exists()), "the jobs finished before scancel"
+    orphan = shard_dir(out, 0).with_name("00000.tmp-99999")  # what a job killed while writing its shard leaves
+    orphan.mkdir(parents=True, exist_ok=True)
+    (orphan / "features.npy").write_bytes(b"half")
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-800:]
+    assert not orphan.exists()
+    a, b = load_bank(tmp_path / "single"), load_bank(out)
     for name in ("features.npy", "graph.npy", "coresets.npy", "offsets.npy"):
         assert np.array_equal(np.load(a.path / name), np.load(b.path / name)), name
