@@ -110,3 +110,25 @@ def test_app_knows_curricula():
     assert _name_from_argv(["curricula", "seed=1"]) == ["seed=1", "analysis=curricula"]
     cfg = compose_analyze(["analysis=curricula", "curricula.sizes=[50,100]"])
     assert list(cfg.curricula.sizes) == [50, 100] and cfg.curricula.noise == 0.2 and cfg.curricula.filters == 100
+
+
+@pytest.mark.slow
+def test_synthesized_curriculum_reads_two_runs(tmp_path, one_thread):
+    """curricula.runs=[max run, min run]: their best stored images are regenerated and read by the
+    teacher (K/2 each); a run of the wrong direction is one line."""
+    from stimopt.config import compose
+    from stimopt.experiment import run_experiment
+
+    runs = []
+    for direction in ("max", "min"):
+        cfg = compose(["target.model=resnet18", "target.weights=random", "target.layer=layer1", "target.input_size=32",
+                       "generator.size=32", "logger=none", "budget=20", "batch_size=10", "device=cpu", f"direction={direction}"])
+        runs.append(tmp_path / direction)
+        run_experiment(cfg, runs[-1], progress=False)
+    source, teacher = ArraySource(random_images(300)), Rectified()
+    opts = dict(n=40, sizes=[10], curricula=["random"], runs=[str(r) for r in runs], epochs=2, n_test=100, n_val=50)
+    out = run_analysis("curricula", ctx_for(teacher, source, tmp_path / "c", **opts))["payload"]
+    assert out["curricula"] == ["random", "synthesized"] and teacher.calls == 40 + 150 + 10
+    assert np.isfinite(out["r2"]["synthesized"][0])
+    with pytest.raises(StimoptError, match="a max run, a min run"):
+        run_analysis("curricula", ctx_for(teacher, source, tmp_path / "d", **{**opts, "runs": [str(runs[1]), str(runs[0])]}))
