@@ -199,11 +199,11 @@ def test_fit_image_vae_through_stimopt_fit_and_run(tmp_path):
     run_cli(["model=vislens_vae", "model.kind=image", "model.latent_dim=8", "model.image_size=16", "model.target_size=32",
              "model.n_images=120", "model.epochs=2", "model.lr=1e-3", "model.n_references=4", "model.target.model=resnet18",
              "model.target.weights=random", "model.target.layer=layer2", "model.target.input_size=32", "device=cpu",
-             f"out={tmp_path / 'fit'}"], cwd=tmp_path, program="stimopt-fit")
+             "model.decoded_rounds=1", f"out={tmp_path / 'fit'}"], cwd=tmp_path, program="stimopt-fit")
     ck = tmp_path / "fit" / "vislens_vae.pt"
     assert ck.is_file() and (tmp_path / "fit" / "report.json").is_file()
     # every image that reached the target went through the engine and is on record: the 120 inputs,
-    # then (decoded_rounds 1, the default) the decoded reconstructions of the training split the prior was refit to
+    # then (decoded_rounds 1) the decoded reconstructions of the training split the prior was refit to
     import json
 
     from stimopt.store import RunStore
