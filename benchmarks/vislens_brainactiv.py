@@ -56,6 +56,7 @@ def main():
     ap.add_argument("--latent-dim", type=int, default=32)
     ap.add_argument("--prior-dims", type=float, default=0.25)
     ap.add_argument("--step", type=float, default=1.0, help="alpha of prior_shift and step of brainactiv")
+    ap.add_argument("--decoded-rounds", type=int, default=1, help="model.decoded_rounds of the landscape fits (the committed results used 1)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "vislens_brainactiv.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -81,7 +82,7 @@ def main():
                 cfg = compose_fit(["model=vislens_vae", "model.kind=image", "model.image_size=32", "model.target_size=64",
                                    f"model.latent_dim={args.latent_dim}", f"model.prior_dims={args.prior_dims}",
                                    f"model.n_images={args.n_images}", f"model.epochs={args.epochs}", "model.lr=1e-3",
-                                   "model.batch_size=64", f"model.prior={prior}", "device=cpu", "seed=2"])
+                                   "model.batch_size=64", f"model.prior={prior}", f"model.decoded_rounds={args.decoded_rounds}", "device=cpu", "seed=2"])
                 OmegaConf.set_struct(cfg, False)
                 cfg.model.target = OmegaConf.create({"_target_": "stimopt_plugins.neural.EncoderTarget",
                                                      "checkpoint": str(tmp / "enc" / "model.pt"), "roi": k, "device": "cpu"})
