@@ -105,9 +105,10 @@ def test_one_mapping_fit_and_target_agree(tmp_path, one_thread):
     from stimopt_plugins.neural import EncoderTarget
     from stimopt_plugins.neural.backbone import backbone_from_spec
 
-    report = run_fit(compose_fit(["model=encoder", *TINY, "model.readout=quantile", "model.permutations=20",
+    report = run_fit(compose_fit(["model=encoder", *TINY, "model.readout=quantile", "model.permutations=0",
                                   "data.twin.n_images=200", "data.twin.n_neurons=2"]), tmp_path)
     assert report["readout"] == "quantile" and "readout iii quantile" in report["summary"] and len(report["p"]) == 2
+    assert "no permutation test" in report["summary"] and report["p_median"] is None  # permutations=0 skips it
     assert not (tmp_path / "readouts.json").exists()
     t = EncoderTarget(tmp_path / "model.pt", device="cpu")
     imgs = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))

@@ -341,8 +341,9 @@ def fit_encoder(cfg, out_dir: Path) -> dict:
                              + f" (median held-out R^2); best {best}, written to model.pt")
     else:
         label = MAPPINGS[best][0]
+        p = "no permutation test" if report["p_median"] is None else f"permutation p {report['p_median']:.3g}"
         report["summary"] = (f"encoder ({n_features} features, readout {label} {best}): median held-out R^2 "
-                             f"{report['r2_test_median']:.3f} (permutation p {report['p_median']:.3g})")
+                             f"{report['r2_test_median']:.3f} ({p})")
     return report
 
 
