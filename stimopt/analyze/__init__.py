@@ -9,6 +9,7 @@ docs/analyses.md.
     statistics  low-level image statistics of preferred vs anti-preferred sets (Fig. 4d-e)
     neurons     overlap of sets across neurons, cross-neuron quantile matrix (Fig. 5, Supp. Fig. 8)
     scaling     best response found vs bank size, log-linear fit (Fig. 6a)
+    curricula   a student CNN trained on search-chosen sets: held-out R^2 vs set size (Fig. 3, A.1.3)
 """
 
-ANALYSES = ("skewness", "screen", "quantiles", "statistics", "neurons", "scaling")
+ANALYSES = ("skewness", "screen", "quantiles", "statistics", "neurons", "scaling", "curricula")

@@ -11,12 +11,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stimopt.analyze import ANALYSES as _LISTED
+from stimopt.analyze import ANALYSES
 from stimopt.analyze.common import open_source, write_outputs
 from stimopt.errors import StimoptError
-
-# every analysis NAME this app runs (stimopt.analyze lists the rest; curricula is registered here)
-ANALYSES = tuple(dict.fromkeys((*_LISTED, "curricula")))
 
 
 @dataclass
