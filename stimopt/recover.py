@@ -23,7 +23,8 @@ from stimopt.store import SCHEMA
 
 TABLES = {
     "meta": ("key", "value"),
-    "evaluations": ("id", "generation", "position", "response", "score", "outputs", "code", "bank_index", "info"),
+    "evaluations": ("id", "generation", "position", "response", "score", "outputs", "code", "bank_index", "info",
+                    "kind", "trials"),
     "generations": ("generation", "n", "n_missing", "best_response", "mean_response", "n_evaluations", "wall_s"),
     "checkpoint": ("id", "generation", "state"),
 }
@@ -31,8 +32,13 @@ GIVE_UP_AFTER = 5000  # consecutive unreadable/missing rowids before a table's s
 
 
 def _rows(db: sqlite3.Connection, table: str) -> list[tuple]:
-    """Every readable row of ``table``: a full scan, else one rowid at a time past bad pages."""
-    cols = ", ".join(TABLES[table])
+    """Every readable row of ``table``: a full scan, else one rowid at a time past bad pages. A column
+    the store predates (``kind``, ``trials``) reads as NULL."""
+    try:
+        present = {r[1] for r in db.execute(f"PRAGMA table_info({table})").fetchall()}
+    except sqlite3.DatabaseError:
+        present = set()
+    cols = ", ".join(c if c in present or not present else f"NULL AS {c}" for c in TABLES[table])
     try:
         return db.execute(f"SELECT {cols} FROM {table} ORDER BY rowid").fetchall()
     except sqlite3.DatabaseError:
@@ -87,7 +93,8 @@ def whole_generations(rows: dict[str, list[tuple]]) -> dict[str, list[tuple]]:
     """Keep the generations whose summary row and every evaluation row survived."""
     counts: dict[int, int] = {}
     for r in rows["evaluations"]:
-        counts[r[1]] = counts.get(r[1], 0) + 1
+        if r[9] is None:  # the optimizer's stimuli (references and repeats are not in the summary row's n)
+            counts[r[1]] = counts.get(r[1], 0) + 1
     whole = {g[0] for g in rows["generations"] if counts.get(g[0]) == g[1]}
     keep = dict(rows)
     keep["evaluations"] = [r for r in rows["evaluations"] if r[1] in whole]

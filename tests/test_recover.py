@@ -43,3 +43,40 @@ def test_recover_of_an_intact_store_keeps_everything_and_resumes(tmp_path):
     assert n == 200
     again = run_cli([str(tmp_path / "r"), str(tmp_path / "saved")], tmp_path, program="stimopt-recover", check=False)
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_recover_keeps_references_and_trials_and_reads_a_store_older_than_them(tmp_path):
+    from stimopt.recover import recover
+    from stimopt.store import RunStore
+
+    store = RunStore(tmp_path / "r" / "evaluations.sqlite")
+    ref = {"kind": "reference", "code": None, "response": 3.0, "score": 3.0, "outputs": None, "info": {"ref": 0},
+           "trials": [{"baseline": [1]}]}
+    for g in range(2):
+        store.append_generation(g, np.zeros((2, 3), np.float32), np.array([1.0, 2.0]), np.array([1.0, 2.0]), None, None,
+                     n_evaluations=2 * (g + 1), wall_s=0.1, checkpoint={"g": g}, trials=[None, {"window": [2]}],
+                     extras=[ref])
+    store.close()
+    report = recover(tmp_path / "r", tmp_path / "saved")
+    assert report["evaluations"] == 6 and report["generations"] == 2  # references do not make a generation "partial"
+    db = sqlite3.connect(tmp_path / "saved" / "evaluations.sqlite")
+    kinds = db.execute("SELECT generation, position, kind, trials FROM evaluations ORDER BY id").fetchall()
+    assert [k[2] for k in kinds] == [None, None, "reference"] * 2
+    assert json.loads(kinds[1][3]) == {"window": [2]} and json.loads(kinds[2][3]) == [{"baseline": [1]}]
+    db.close()
+    # a store written before the kind/trials columns existed recovers with them NULL
+    old = sqlite3.connect(tmp_path / "old.sqlite")
+    old.executescript("""CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+        CREATE TABLE evaluations (id INTEGER PRIMARY KEY, generation INTEGER NOT NULL, position INTEGER NOT NULL,
+            response REAL, score REAL, outputs BLOB, code BLOB, bank_index INTEGER, info TEXT);
+        CREATE TABLE generations (generation INTEGER PRIMARY KEY, n INTEGER NOT NULL, n_missing INTEGER NOT NULL,
+            best_response REAL, mean_response REAL, n_evaluations INTEGER NOT NULL, wall_s REAL);
+        CREATE TABLE checkpoint (id INTEGER PRIMARY KEY CHECK (id = 0), generation INTEGER, state BLOB);
+        INSERT INTO evaluations VALUES (1, 0, 0, 1.0, 1.0, NULL, NULL, 5, NULL);
+        INSERT INTO generations VALUES (0, 1, 0, 1.0, 1.0, 1, 0.1);""")
+    old.commit()
+    old.close()
+    assert recover(tmp_path / "old.sqlite", tmp_path / "saved_old")["evaluations"] == 1
+    row = sqlite3.connect(tmp_path / "saved_old" / "evaluations.sqlite").execute(
+        "SELECT bank_index, kind, trials FROM evaluations").fetchone()
+    assert row == (5, None, None)
