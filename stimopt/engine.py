@@ -261,6 +261,7 @@ class Run:
         record = {
             "generation": p.generation,
             "n_evaluations": p.n_evaluations,
+            "n_presentations": p.n_presentations,
             "best_so_far": p.best_response,
             "generation_best": float(response[best]) if best is not None else math.nan,
             "generation_mean": float(response[finite].mean()) if finite.any() else math.nan,

@@ -11,15 +11,18 @@ from stimopt.errors import StimoptError
 
 
 class ConsoleProgress(Observer):
-    """A tqdm bar over evaluations with the best response so far."""
+    """A tqdm bar over what the budget counts (evaluations, or presentations) with the best response so far."""
 
     def on_start(self, run):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=run.budget, initial=run.progress.n_evaluations, unit="eval", dynamic_ncols=True, mininterval=0.5)
+        self.counted = "n_presentations" if getattr(run, "budget_counts", "stimuli") == "presentations" else "n_evaluations"
+        unit = "presentation" if self.counted == "n_presentations" else "eval"
+        self.bar = tqdm(total=run.budget, initial=getattr(run.progress, self.counted), unit=unit, dynamic_ncols=True,
+                        mininterval=0.5)
 
     def on_generation(self, run, record):
-        self.bar.update(record["n_evaluations"] - self.bar.n)
+        self.bar.update(record[self.counted] - self.bar.n)
         self.bar.set_postfix(best=f"{record['best_so_far']:.4g}", refresh=False)
 
     def on_end(self, run, summary):

@@ -16,20 +16,16 @@ from stimopt.interleave import Interleave, References
 from stimopt.objective import Objective
 from stimopt.store import RunStore
 from stimopt_plugins.image_codes import PixelGenerator
+from stimopt_plugins.cma import CMAES
 from stimopt_plugins.random_search import RandomSearch
 from stimopt_plugins.rig import RigTarget
 from test_rig import images
 from test_rig_references import NoisyRed, reference_folder
 
 
-class AheadRandom(RandomSearch):
-    asks_ahead = True  # true of random search: its ask never reads what it was told
-
-
-
 def make(tmp_path, name, lookahead, budget=24, opt=None, references=None):
     gen = PixelGenerator(size=8, resolution=4)
-    opt = opt or AheadRandom()
+    opt = opt or RandomSearch()
     opt.setup(gen.space, seed=0, budget=budget, batch_size=4)
     run = Run(target=NoisyRed(), generator=gen, optimizer=opt, objective=Objective("max"),
               store=RunStore(tmp_path / name / "evaluations.sqlite"), budget=budget, batch_size=4,
@@ -74,7 +70,7 @@ def test_lookahead_resumes_with_the_codes_it_asked_ahead(tmp_path, one_thread):
 
 def test_lookahead_is_refused_for_an_optimizer_that_cannot_be_asked_ahead(tmp_path):
     with pytest.raises(StimoptError, match="asks_ahead"):
-        make(tmp_path, "plain_random", 1, opt=RandomSearch())
+        make(tmp_path, "cma", 1, opt=CMAES())
     with pytest.raises(StimoptError, match="lookahead must be 0 or 1"):
         make(tmp_path, "two", 2)
 

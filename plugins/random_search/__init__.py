@@ -14,6 +14,7 @@ from stimopt.errors import StimoptError
 
 class RandomSearch(stimopt.Optimizer):
     accepts = (stimopt.ContinuousSpace, stimopt.BankSpace)
+    asks_ahead = True  # its ask never reads what it was told: lookahead=1 runs exactly the same search
 
     def setup(self, space, *, seed, budget, batch_size):
         super().setup(space, seed=seed, budget=budget, batch_size=batch_size)
