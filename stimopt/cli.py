@@ -103,9 +103,9 @@ def _task(cfg) -> None:
 
 
 def main() -> None:
-    from stimopt.config import run_app
+    from stimopt.interrupt import run_app_interruptible
 
-    run_app("stimopt", "config", _task)
+    run_app_interruptible("stimopt", "config", _task)
 
 
 def plugins_main(argv=None) -> None:

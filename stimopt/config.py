@@ -113,15 +113,8 @@ def check_choices(config_name: str, args: list[str]) -> None:
 def run_app(program: str, config_name: str, task) -> None:
     """Start a Hydra app of stimopt (``stimopt``, ``stimopt-fit``): load plugins once, warn about the
     broken ones in one line each, refuse unknown group options in one line, put every plugin's
-    config folder on the search path, run ``task``. Ctrl-C before the task starts is one line."""
-    try:
-        _start_app(program, config_name, task)
-    except KeyboardInterrupt:  # the task handles its own interrupts; this is the start-up (imports, config)
-        print(f"{program}: interrupted while starting; nothing was run or recorded", file=sys.stderr)
-        sys.exit(130)
-
-
-def _start_app(program: str, config_name: str, task) -> None:
+    config folder on the search path, run ``task`` (the console scripts go through
+    ``stimopt.interrupt.run_app_interruptible``, which makes Ctrl-C one line)."""
     import hydra
 
     plugins.load_plugins()

@@ -161,9 +161,9 @@ def _task(cfg) -> None:
 
 
 def main() -> None:
-    from stimopt.config import run_app
+    from stimopt.interrupt import run_app_interruptible
 
-    run_app("stimopt-fit", "fit", _task)
+    run_app_interruptible("stimopt-fit", "fit", _task)
 
 
 def compose_fit(overrides: list[str] | None = None):

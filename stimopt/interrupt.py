@@ -66,3 +66,26 @@ def interruptible():
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def run_app_interruptible(program: str, config_name: str, task) -> None:
+    """``stimopt.config.run_app`` with Ctrl-C as one line: while starting (imports, plugins, Hydra)
+    nothing was run; once ``task`` has started, what it committed is kept (a run's own handler
+    says more and exits first)."""
+    import functools
+
+    started = []
+
+    @functools.wraps(task)  # Hydra names the job after the task's module
+    def task_started(cfg):
+        started.append(True)
+        return task(cfg)
+
+    try:
+        from stimopt.config import run_app
+
+        run_app(program, config_name, task_started)
+    except KeyboardInterrupt:
+        said = "; what it had committed is kept" if started else " while starting; nothing was run or recorded"
+        print(f"{program}: interrupted{said}", file=sys.stderr)
+        sys.exit(130)

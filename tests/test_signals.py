@@ -67,7 +67,7 @@ def test_ctrl_c_while_starting_is_one_line_and_records_nothing(tmp_path):
     """Ctrl-C during start-up (plugins, torch and Hydra loading; ~3 s here) ends without a traceback."""
     proc = subprocess.Popen([str(BIN / "stimopt"), *ARGS, "hydra.run.dir=early"], cwd=tmp_path, env=cli_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)  # past the interpreter's own start (0.2 s to import stimopt.cli), before the run
+    time.sleep(1.5)  # past the interpreter's own start (0.2 s to import stimopt.cli), before the run
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

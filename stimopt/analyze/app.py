@@ -107,10 +107,10 @@ def _name_from_argv(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    from stimopt.config import run_app
+    from stimopt.interrupt import run_app_interruptible
 
     sys.argv[1:] = _name_from_argv(sys.argv[1:])
-    run_app("stimopt-analyze", "analyze", _task)
+    run_app_interruptible("stimopt-analyze", "analyze", _task)
 
 
 def compose_analyze(overrides: list[str] | None = None):
