@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stimopt.objective import Objective
+
 LAYERS = {"aligned": "blocks.3", "deeper": "blocks.5"}
 CHECKPOINTS = (250, 500, 1000)
 
@@ -242,13 +244,13 @@ def main():
                 a = resp[g][:, u]
                 rate = poisson_rate(a, peak) if peak else None
                 for direction in args.directions.split(","):
-                    sign = 1.0 if direction == "max" else -1.0
-                    true_score = sign * (rate if peak else a)
+                    objective = Objective(direction)  # the direction, applied where the engine applies it
+                    true_score = objective.score(rate if peak else a)
                     for method in budgets:
-                        rng = np.random.default_rng([args.seed, u, list(LAYERS).index(g), int(peak), int(sign > 0)])
+                        rng = np.random.default_rng([args.seed, u, list(LAYERS).index(g), int(peak), int(direction == "max")])
 
-                        def observe(codes, rate=rate, a=a, sign=sign, rng=rng):
-                            return sign * (rng.poisson(rate[codes]).astype(np.float64) if peak else a[codes])
+                        def observe(codes, rate=rate, a=a, objective=objective, rng=rng):
+                            return objective.score(rng.poisson(rate[codes]).astype(np.float64) if peak else a[codes])
 
                         t = time.perf_counter()
                         shown, observed = simulate(method, space, true_score, observe, budgets[method], args.batch, args.seed, args)
