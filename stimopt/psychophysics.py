@@ -51,7 +51,8 @@ def run_responses(run_dir: Path) -> tuple[list, np.ndarray, dict]:
     from stimopt import run_reader
 
     with closing(run_reader.connect(run_dir)) as db:
-        rows = db.execute("SELECT code, bank_index, response FROM evaluations WHERE response IS NOT NULL ORDER BY id").fetchall()
+        rows = db.execute("SELECT code, bank_index, response FROM evaluations WHERE response IS NOT NULL AND "
+                          f"{run_reader.stimuli_filter(db)} ORDER BY id").fetchall()  # not references or repeats
         config = json.loads((db.execute("SELECT value FROM meta WHERE key='config'").fetchone() or ["{}"])[0])
     if rows and rows[0][0] is None:  # a bank: one image per item, its mean response over presentations
         sums: dict[int, list[float]] = {}

@@ -59,7 +59,7 @@ def _decode(row: dict) -> dict:
     return row
 
 
-def _stimuli(db: sqlite3.Connection) -> str:
+def stimuli_filter(db: sqlite3.Connection) -> str:
     """The WHERE term that keeps the optimizer's stimuli."""
     has_kind = any(r[1] == "kind" for r in db.execute("PRAGMA table_info(evaluations)"))
     return STIMULI if has_kind else "1"
@@ -70,7 +70,7 @@ def _extremes(db: sqlite3.Connection, k: int, best: bool) -> list[dict]:
     rows = _rows(
         db,
         "SELECT id, generation, position, response, score, code, bank_index FROM evaluations"
-        f" WHERE score IS NOT NULL AND {_stimuli(db)} ORDER BY score {order}, id ASC LIMIT ?",
+        f" WHERE score IS NOT NULL AND {stimuli_filter(db)} ORDER BY score {order}, id ASC LIMIT ?",
         (int(k),),
     )
     return [_decode(r) for r in rows]
@@ -93,15 +93,15 @@ def snapshot(run_dir: str | Path, k: int = 8, worst: bool = True) -> dict:
                     " FROM generations ORDER BY generation",
                 )
                 per_gen = dict((g, (sc, r)) for g, sc, r in db.execute(  # SQLite: r is the row of MAX(score)
-                    f"SELECT generation, MAX(score), response FROM evaluations WHERE score IS NOT NULL AND {_stimuli(db)}"
+                    f"SELECT generation, MAX(score), response FROM evaluations WHERE score IS NOT NULL AND {stimuli_filter(db)}"
                     " GROUP BY generation"))
                 best = _extremes(db, k, True)
                 bottom = _extremes(db, k, False) if worst else []
                 first_best = None
                 if best:
                     first_best = db.execute(
-                        f"SELECT COUNT(*) FROM evaluations WHERE {_stimuli(db)} AND id <= (SELECT MIN(id) FROM evaluations"
-                        f" WHERE score IS NOT NULL AND score >= ? AND {_stimuli(db)})", (best[0]["score"],)
+                        f"SELECT COUNT(*) FROM evaluations WHERE {stimuli_filter(db)} AND id <= (SELECT MIN(id) FROM evaluations"
+                        f" WHERE score IS NOT NULL AND score >= ? AND {stimuli_filter(db)})", (best[0]["score"],)
                     ).fetchone()[0]
             except sqlite3.OperationalError:
                 gens, per_gen, best, bottom, first_best = [], {}, [], [], None

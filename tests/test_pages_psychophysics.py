@@ -154,3 +154,17 @@ def test_bad_input_is_one_line(tmp_path, screening, case):
     proc = run_cli(args, tmp_path, program="stimopt-psychophysics", check=False)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_run_responses_leave_out_reference_images(tmp_path):
+    """A rig run's interleaved reference images are not the run's stimuli: the experiment is built from the latter."""
+    from stimopt.psychophysics import run_responses
+    from stimopt.store import RunStore
+
+    store = RunStore(tmp_path / "evaluations.sqlite")
+    ref = {"kind": "reference", "code": None, "response": 9.0, "score": 9.0, "outputs": None, "info": {"ref": 0}}
+    store.append_generation(0, np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1.0, 2.0]), np.array([1.0, 2.0]),
+                            None, None, n_evaluations=2, wall_s=0.1, checkpoint={}, extras=[ref])
+    store.close()
+    codes, responses, _ = run_responses(tmp_path)
+    assert len(codes) == 2 and list(responses) == [1.0, 2.0]
