@@ -75,7 +75,8 @@ def probe(path: str | Path) -> dict:
             row = db.execute("SELECT value FROM meta WHERE key='status'").fetchone()
             rec = db.execute("SELECT value FROM meta WHERE key='record'").fetchone()
             gen = db.execute("SELECT MAX(generation) FROM generations").fetchone()[0]
-            n = db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
+            last = db.execute("SELECT n_evaluations FROM generations ORDER BY generation DESC LIMIT 1").fetchone()
+            n = last[0] if last else 0  # the optimizer's stimuli, as the engine counted them (references are extra rows)
             status = json.loads(row[0]) if row else None
         finally:
             db.close()

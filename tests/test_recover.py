@@ -80,3 +80,15 @@ def test_recover_keeps_references_and_trials_and_reads_a_store_older_than_them(t
     row = sqlite3.connect(tmp_path / "saved_old" / "evaluations.sqlite").execute(
         "SELECT bank_index, kind, trials FROM evaluations").fetchone()
     assert row == (5, None, None)
+
+
+def test_probe_counts_the_optimizers_stimuli_not_reference_rows(tmp_path):
+    from stimopt.store import RunStore, probe
+
+    store = RunStore(tmp_path / "evaluations.sqlite")
+    ref = {"kind": "reference", "code": None, "response": 3.0, "score": 3.0, "outputs": None, "info": None}
+    for g in range(3):
+        store.append_generation(g, np.zeros((2, 3), np.float32), np.array([1.0, 2.0]), np.array([1.0, 2.0]), None,
+                                None, n_evaluations=2 * (g + 1), wall_s=0.1, checkpoint={}, extras=[ref, ref])
+    store.close()
+    assert probe(tmp_path / "evaluations.sqlite")["n_evaluations"] == 6  # 12 rows, 6 of them references
