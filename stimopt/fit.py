@@ -85,15 +85,20 @@ def register_matcher(fn):
     return fn
 
 
-def _in_plugin_package(fn) -> bool:
-    """Defined in (a submodule of) the package of a loaded stimopt plugin."""
-    module = getattr(fn, "__module__", None) or ""
+def _plugin_packages() -> set[str]:
+    """The packages of the loaded stimopt plugins (not stimopt itself)."""
+    packages = set()
     for plugin in plugins.pm.get_plugins():
         owner = plugin.__name__ if isinstance(plugin, type(sys)) else type(plugin).__module__
         package = owner.rsplit(".", 1)[0] if not hasattr(sys.modules.get(owner), "__path__") else owner
-        if package not in ("stimopt", "builtins", "__main__") and (module == package or module.startswith(package + ".")):
-            return True
-    return False
+        if package not in ("stimopt", "builtins", "__main__"):
+            packages.add(package)
+    return packages
+
+
+def _in_plugin_package(module: str) -> bool:
+    """``module`` is (a submodule of) the package of a loaded stimopt plugin."""
+    return any(module == p or module.startswith(p + ".") for p in _plugin_packages())
 
 
 def fit_function(cfg, key: str = "_target_"):
@@ -112,16 +117,22 @@ def fit_function(cfg, key: str = "_target_"):
         raise StimoptError(f"the model config needs '{key}: {what}' (see stimopt/fit.py)")
     from hydra.utils import get_method
 
+    decorator = "register_fit" if kind == "fit" else "register_matcher"
+    models = ", ".join(plugins.group_options("model")) or "none"
+    refusal = (f"model.{key}={target} is not a stimopt {kind} function; choose model=<{models}>, or mark "
+               f"your own function with @stimopt.fit.{decorator}")
+    # Importing a module runs its code, so the standard library and stimopt's core (which hold no
+    # fit functions but os.system, subprocess, ...) are refused before anything is imported.
+    top = str(target).split(".")[0]
+    if str(target) not in _REGISTERED[kind] and (top in sys.stdlib_module_names or top in ("builtins", "stimopt")):
+        raise StimoptError(refusal)
     try:
         fn = get_method(str(target))
     except Exception as exc:
         raise StimoptError(f"model {kind} function '{target}' cannot be imported: {str(exc).splitlines()[0]}") from None
     marked = getattr(fn, f"__stimopt_{kind}__", None) == kind
-    if not marked and not (inspect.isfunction(fn) and _in_plugin_package(fn)):
-        decorator = "register_fit" if kind == "fit" else "register_matcher"
-        models = ", ".join(plugins.group_options("model")) or "none"
-        raise StimoptError(f"model.{key}={target} is not a stimopt {kind} function; choose model=<{models}>, or mark "
-                           f"your own function with @stimopt.fit.{decorator}")
+    if not marked and not (inspect.isfunction(fn) and _in_plugin_package(getattr(fn, "__module__", None) or "")):
+        raise StimoptError(refusal)
     return fn
 
 

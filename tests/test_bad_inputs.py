@@ -267,6 +267,19 @@ def test_marked_fit_functions_are_the_only_ones_called(compose):
     assert getattr(mine, "__stimopt_fit__") == "fit"
 
 
+def test_a_refused_fit_function_is_refused_before_its_module_is_imported(compose):
+    import sys
+
+    from stimopt.errors import StimoptError
+    from stimopt.fit import compose_fit, fit_function
+
+    sys.modules.pop("this", None)  # the standard library's "this" prints the Zen of Python when imported
+    for key, target in (("_target_", "this.s"), ("matcher", "this.d")):
+        with pytest.raises(StimoptError, match="is not a stimopt"):
+            fit_function(compose_fit([f"model.{key}={target}", *(["mode=match"] if key == "matcher" else [])]), key=key)
+    assert "this" not in sys.modules
+
+
 # -- W&B offline: no network at all ----------------------------------------------------------------
 WANDB_CHILD = textwrap.dedent('''
     import os, socket, sys
