@@ -409,3 +409,36 @@ def test_nes_adapts_its_search_radius_as_xdream():
     c = fixed.ask(20)
     fixed.tell(c, toy_scores(c))
     assert fixed.radius == 1.25  # XDream's default: search_radius_learning_rate 0, the radius stays
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_fdgd_and_nes_steps_match_xdream_update_rules(normalize):
+    """One generation of FDGD and NES against XDream's rules written sample by sample (positive steps
+    first, then the negated ones): FDGD ``centre += lr * mean_k((s+_k - s-_k) / 2 * step_k / mean|step_k|^2)``,
+    NES ``centre += lr * mean_i(s_i * eps_i) / radius`` over all 2n samples. Raw scores are XDream's
+    update (``normalize=false``); ``normalize=true`` is the same rule on the generation's z-scores. On an
+    unbounded space nothing is clipped (XDream's codes are never clipped)."""
+    space = stimopt.ContinuousSpace(dim=32)  # unbounded, as XDream's raw-pixel codes
+    rng = np.random.default_rng(3)
+    for cls, lr in ((xdream.FDGD, 0.7), (xdream.NES, 0.9)):
+        opt = cls(n_samples=20, search_radius=2.0, learning_rate=lr, normalize=normalize)
+        opt.setup(space, seed=1, budget=400, batch_size=20)
+        opt.center = rng.normal(size=32) * 3  # away from the origin, codes far outside [0, 1]
+        codes = opt.ask(20)
+        steps = opt.steps.copy()
+        assert np.allclose(codes[0::2], opt.center + steps, atol=1e-5)  # not clipped
+        assert np.allclose(codes[1::2], opt.center - steps, atol=1e-5) and np.abs(codes).max() > 4
+        scores = 40 + 10 * np.tanh(codes @ rng.normal(size=32) / 10)  # a unit responding ~40 (the mean cancels in pairs)
+        pos, neg = scores[0::2], scores[1::2]
+        if normalize:
+            both = np.concatenate([pos, neg])
+            pos, neg = (pos - both.mean()) / both.std(), (neg - both.mean()) / both.std()
+        before = opt.center.copy()
+        if cls is xdream.FDGD:
+            norm = np.abs(steps).mean(axis=1)
+            want = before + lr * np.mean(((pos - neg) / 2 / norm**2)[:, None] * steps, axis=0)
+        else:
+            eps = np.concatenate([steps, -steps]) / 2.0
+            want = before + lr * np.mean(np.concatenate([pos, neg])[:, None] * eps, axis=0) / 2.0
+        opt.tell(codes, scores)
+        assert np.allclose(opt.center, want, rtol=1e-5, atol=1e-6)
