@@ -169,3 +169,13 @@ def test_noisy_channels_calibrate_each_channel_for_poisson():
     assert s2 == pytest.approx(s0 / 3, rel=0.25)  # channel 2 responds ~3x more: ~1/3 the spikes per unit
     r = reader(torch.rand(4, 3, 8, 8))
     assert r.shape == (4, 2) and np.isfinite(r).all()
+
+
+def test_a_screen_too_small_for_k_is_one_line(tmp_path):
+
+    top = np.zeros((2, 3), dtype=np.int64)
+    np.savez(tmp_path / "screen.npz", indices=np.arange(10), units=np.array(["a", "b"]), responses=np.zeros((10, 2)),
+             top=top, bottom=top, top_responses=top * 1.0, bottom_responses=top * 1.0)
+    assert load_screen(tmp_path, 3, "neurons.k")["top"].shape == (2, 3)
+    with pytest.raises(StimoptError, match=r"^neurons.k=4 but the screen kept only 3 images per neuron$"):
+        load_screen(tmp_path, 4, "neurons.k")

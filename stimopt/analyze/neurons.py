@@ -61,9 +61,7 @@ def neighbour_overlap(pa: np.ndarray, pb: np.ndarray, n_nb: int) -> float:
 def _screen(ctx, k: int):
     opt = ctx.options
     if opt.get("screen"):
-        data = load_screen(opt["screen"])
-        if k > data["top"].shape[1]:
-            raise StimoptError(f"neurons.k={k} but the screen kept only {data['top'].shape[1]} images per neuron")
+        data = load_screen(opt["screen"], k, "neurons.k")
         return data["units"], data["indices"], data["responses"].astype(np.float64), data["path"]
     idx = sample_indices(ctx.source.size, opt.get("n", 2000), ctx.seed, "images to screen (neurons.n)")
     reader = UnitReader(ctx.build_target(), ctx.units)

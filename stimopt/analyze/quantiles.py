@@ -181,9 +181,7 @@ def _combined(target, objective):
 def _screen_sets(ctx, file, k: int) -> dict:
     from stimopt.analyze.screen import load_screen
 
-    data = load_screen(file)
-    if k > data["top"].shape[1]:
-        raise StimoptError(f"quantiles.k={k} but the screen kept only {data['top'].shape[1]} images per neuron")
+    data = load_screen(file, k, "quantiles.k")
     target = ctx.build_target()
     screened, clean = data["meta"].get("target"), getattr(target, "inner", target).describe()
     if screened is not None and screened not in (clean, target.describe()):

@@ -75,8 +75,12 @@ def save_screen(path: Path, meta: dict, arrays: dict) -> None:
     path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
-def load_screen(path) -> dict:
-    """A screen file's arrays (see the module docstring) plus ``meta`` (its JSON), or one line saying why not."""
+def load_screen(path, k: int | None = None, option: str = "k") -> dict:
+    """A screen file's arrays (see the module docstring) plus ``meta`` (its JSON), or one line saying why not.
+
+    ``k``: the top/bottom set size an analysis needs (its option named ``option``), refused in one
+    line when the screen kept fewer images per neuron.
+    """
     path = Path(str(path))
     if path.is_dir():
         path = path / "screen.npz"
@@ -94,6 +98,8 @@ def load_screen(path) -> dict:
     data["meta"] = json.loads(side.read_text()) if side.exists() else {}
     data["units"] = [str(u) for u in data["units"]]
     data["path"] = str(path)
+    if k is not None and k > data["top"].shape[1]:
+        raise StimoptError(f"{option}={k} but the screen kept only {data['top'].shape[1]} images per neuron")
     return data
 
 

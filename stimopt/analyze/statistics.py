@@ -106,9 +106,7 @@ def embedding_source(ctx, needed: np.ndarray):
 def _sets(ctx, k: int):
     opt = ctx.options
     if opt.get("screen"):
-        data = load_screen(opt["screen"])
-        if k > data["top"].shape[1]:
-            raise StimoptError(f"statistics.k={k} but the screen kept only {data['top'].shape[1]} images per neuron")
+        data = load_screen(opt["screen"], k, "statistics.k")
         return data["units"], data["top"][:, :k], data["bottom"][:, :k], f"top/bottom {k} of {data['path']}"
     idx = sample_indices(ctx.source.size, opt.get("n", 2000), ctx.seed, "images to screen (statistics.n)")
     if len(idx) < 2 * k:
