@@ -172,7 +172,6 @@ def test_noisy_channels_calibrate_each_channel_for_poisson():
 
 
 def test_a_screen_too_small_for_k_is_one_line(tmp_path):
-
     top = np.zeros((2, 3), dtype=np.int64)
     np.savez(tmp_path / "screen.npz", indices=np.arange(10), units=np.array(["a", "b"]), responses=np.zeros((10, 2)),
              top=top, bottom=top, top_responses=top * 1.0, bottom_responses=top * 1.0)
