@@ -52,6 +52,24 @@ CONFIGS = {  # label -> overrides on top of the embedded default (cmaes on fouri
     "cma-g1-s025": ["optimizer=cmaes", "generator.gain=1.0", "optimizer.sigma0=0.25"],
     "cma-g1-s05-pop40": ["optimizer=cmaes", "generator.gain=1.0", "optimizer.sigma0=0.5", "batch_size=40"],
     "cma-g1-s05-nf8": ["optimizer=cmaes", "generator.gain=1.0", "optimizer.sigma0=0.5", "generator.n_freq=8"],
+    "cma-g1-nf6": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=6", S1],
+    "cma-g1-s05-nf6": ["optimizer=cmaes", "generator.gain=1.0", "optimizer.sigma0=0.5", "generator.n_freq=6"],
+    "cma-full-nf6": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=6", "optimizer.diagonal=false", S1],
+    "cma-full-nf8": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=8", "optimizer.diagonal=false", S1],
+    "cma-g1-pop10": ["optimizer=cmaes", "generator.gain=1.0", "batch_size=10", S1],
+    "cma-o04": ["optimizer=cmaes", "generator.gain=1.0", "generator.opponent=0.4", S1],
+    "cma-o04-s05": ["optimizer=cmaes", "generator.gain=1.0", "generator.opponent=0.4", "optimizer.sigma0=0.5"],
+    "cma-s05-nf24": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=24", "optimizer.sigma0=0.5"],
+    "cma-s05-d15": ["optimizer=cmaes", "generator.gain=1.0", "generator.decay=1.5", "optimizer.sigma0=0.5"],
+    "cma-s05-el": ["optimizer=cmaes", "generator.gain=1.0", "optimizer.sigma0=0.5", "optimizer.elitist=true"],
+    "cma-s05-pop10": ["optimizer=cmaes", "generator.gain=1.0", "optimizer.sigma0=0.5", "batch_size=10"],
+    "cma-s05-vd": ["optimizer=cmaes", "generator.gain=1.0", "optimizer.sigma0=0.5", "optimizer.sampler=vd"],
+    "cma-s05-vkd": ["optimizer=cmaes", "generator.gain=1.0", "optimizer.sigma0=0.5", "optimizer.sampler=vkd"],
+    "cma-s05-csa": ["optimizer=cmaes", "generator.gain=1.0", "optimizer.sigma0=0.5", "+optimizer.adapt_sigma=csa"],
+    "cma-s1-csa": ["optimizer=cmaes", "generator.gain=1.0", "optimizer.sigma0=1.0", "+optimizer.adapt_sigma=csa"],
+    "cma-s05-c2": ["optimizer=cmaes", "generator.gain=1.0", "optimizer.sigma0=0.5", "+generator.contrast=2.0"],
+    "cma-s05-c3": ["optimizer=cmaes", "generator.gain=1.0", "optimizer.sigma0=0.5", "+generator.contrast=3.0"],
+    "cma-s1-c3": ["optimizer=cmaes", "generator.gain=1.0", "optimizer.sigma0=1.0", "+generator.contrast=3.0"],
     "default-pop40": ["batch_size=40"], "default-pop100": ["batch_size=100"],
     "ga": ["optimizer=ga"], "nes": ["optimizer=nes"], "fdgd": ["optimizer=fdgd"],
     "ga-g4": ["optimizer=ga", *FOURIER_OLD], "nes-g4": ["optimizer=nes", *FOURIER_OLD],
@@ -91,22 +109,45 @@ def run_one(layer: str, unit: int, label: str, noise: str, budget: int, seed: in
         with torch.inference_mode():
             r = reference._to_numpy(reference.clean_target(run.target).evaluate(run.generator.generate(code[None])))
         last_best = float(run.objective.combine(r)[0])
+        report = run.optimizer.report() if hasattr(run.optimizer, "report") else {}
+        resp = np.asarray(run.store.responses(), dtype=np.float64).reshape(len(scores), -1)[:, 0]
+        best_so_far = np.fmax.accumulate(np.where(np.isfinite(resp), resp, -np.inf))
+        best_at = {str(n): float(best_so_far[n - 1]) for n in (250, 500, 1000, 2000, 4000, 8000, 16000) if n <= len(resp)}
         run.store.close()
     return {"layer": layer, "unit": unit, "config": label, "noise": noise, "budget": budget, "seed": seed,
             "best_response": float(p.best_response), "best_evolved": evolved, "last_gen_best": last_best,
             "evaluations": int(p.n_evaluations), "wall_s": round(wall, 1), "overrides": overrides,
+            "best_at": best_at,  # the best recorded response after that many evaluations (the run's trajectory)
+            "optimizer_report": {k: v for k, v in (report or {}).items() if isinstance(v, (int, float, str, bool))},
             "load_avg": [round(x, 2) for x in os.getloadavg()]}
 
 
-def mei_reference() -> dict:
-    """{(layer, unit): mei optimum} from the MEI benchmark's results, when it exists."""
+def run_mei_reference(layer: str, unit: int, steps: int, seed: int) -> dict:
+    """``optimizer=mei`` at ``steps`` Adam steps on one unit, run by the engine exactly as
+    benchmarks/mei_vs_lucent.py runs it (its ``run_mei``): the recorded response of the final clean image."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mei_vs_lucent", Path(__file__).with_name("mei_vs_lucent.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    t = time.perf_counter()
+    m = mod.run_mei(layer, unit, steps, 128, seed, [])
+    return {"layer": layer, "unit": unit, "config": "mei", "noise": "none", "budget": steps + 1, "seed": seed,
+            "best_response": m["activation"], "best_evolved": m["activation"], "last_gen_best": m["activation"],
+            "evaluations": int(m["stored"]), "grad_steps": int(m["grad_steps"]), "wall_s": round(time.perf_counter() - t, 1),
+            "overrides": m["overrides"], "load_avg": [round(x, 2) for x in os.getloadavg()]}
+
+
+def mei_reference(results: list[dict] | None = None) -> dict:
+    """{(layer, unit): mei optimum}: the MEI benchmark's results (benchmarks/results/mei_vs_lucent.json,
+    blocks.3) and this benchmark's own ``mei`` runs (the same recipe) for the units that file lacks."""
+    out = {(r["layer"], r["unit"]): float(r["best_response"]) for r in results or [] if r["config"] == "mei"}
     if not MEI_FILE.exists():
-        return {}
+        return out
     try:
         d = json.loads(MEI_FILE.read_text())
     except ValueError:
-        return {}
-    out = {}
+        return out
     for u in d.get("units", []):
         if "unit" in u and u.get("mei") is not None:
             out[(u.get("layer", d.get("layer", "blocks.3")), int(u["unit"]))] = float(u["mei"])
@@ -120,10 +161,10 @@ def table(results: list[dict]) -> dict:
         if r["config"].startswith("wb-") and r["noise"] == "none":
             key = (r["layer"], r["unit"])
             wb[key] = max(wb.get(key, -np.inf), r["best_response"])
-    mei = mei_reference()
+    mei = mei_reference(results)
     rows, summary = [], {}
     for r in results:
-        if r["config"].startswith("wb-"):
+        if r["config"].startswith("wb-") or r["config"] == "mei":
             continue
         key = (r["layer"], r["unit"])
         val = r["best_response"] if r["noise"] == "none" else r["last_gen_best"]
@@ -178,11 +219,12 @@ def per_unit(t: dict, results: list[dict], default: str = "cma-g1") -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--plan", default="default", help=f"comma-separated configs: {', '.join(CONFIGS)}")
+    ap.add_argument("--plan", default="default", help=f"comma-separated configs: {', '.join(CONFIGS)}, mei (white-box reference)")
     ap.add_argument("--units", default="blocks.3:0,5", help="LAYER:U,U;LAYER:U,...")
     ap.add_argument("--noise", default="none", help=f"comma-separated: {', '.join(NOISES)}")
     ap.add_argument("--budget", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mei-steps", type=int, default=256, help="Adam steps of the plan's 'mei' reference runs (the MEI benchmark's)")
     ap.add_argument("--out", default="benchmarks/results/blackbox_vs_whitebox.json")
     ap.add_argument("--table", action="store_true", help="only print the table of --out")
     ap.add_argument("--merge", default="", help="comma-separated results files whose runs are added to --out (e.g. runs made in parallel)")
@@ -216,7 +258,12 @@ def main() -> int:
                 for layer, unit in units:
                     if (layer, unit, label, noise, args.budget, args.seed) in done:
                         continue
-                    row = run_one(layer, unit, label, noise, args.budget, args.seed)
+                    if label == "mei":
+                        if noise != "none" or (layer, unit) in mei_reference(results):
+                            continue  # the white-box reference: noiseless, and only where the MEI benchmark has none
+                        row = run_mei_reference(layer, unit, args.mei_steps, args.seed)
+                    else:
+                        row = run_one(layer, unit, label, noise, args.budget, args.seed)
                     results.append(row)
                     results = write()
                     print(f"[{time.perf_counter() - t0:6.0f}s] {layer}[{unit}] {label} {noise}: best {row['best_response']:.1f}, "

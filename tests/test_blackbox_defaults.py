@@ -46,3 +46,28 @@ def test_cmaes_step_size_scales_the_first_population_and_is_seeded():
         assert np.array_equal(ca, cb)
         stds.append(np.std(ca))
     assert abs(stds[1] / stds[0] - 4.0) < 0.1
+
+
+def test_fourier_opponent_scales_only_the_colour_opponent_channels():
+    z = torch.as_tensor(np.random.default_rng(1).standard_normal((4, 3 * 6 * 6)), dtype=torch.float32)
+    plain = FourierGenerator(size=16, n_freq=6, gain=1.0, device="cpu")
+    grey = FourierGenerator(size=16, n_freq=6, gain=1.0, device="cpu", opponent=0.0)
+    assert torch.equal(FourierGenerator(size=16, n_freq=6, gain=1.0, device="cpu", opponent=1.0).generate(z), plain.generate(z))
+    img = grey.generate(z)
+    # no opponent signal: every channel is the luminance channel (its weight is 0.58 in R, G and B)
+    assert torch.allclose(img[:, 0], img[:, 1]) and torch.allclose(img[:, 1], img[:, 2])
+    assert not torch.allclose(plain.generate(z)[:, 0], plain.generate(z)[:, 1])
+    with pytest.raises(stimopt.StimoptError, match="opponent"):
+        FourierGenerator(size=16, n_freq=6, opponent=-1.0, device="cpu")
+
+
+def test_fourier_contrast_fixes_the_pre_sigmoid_spread_whatever_the_code_norm():
+    z = torch.as_tensor(np.random.default_rng(2).standard_normal((3, 3 * 6 * 6)), dtype=torch.float32)
+    gen = FourierGenerator(size=16, n_freq=6, gain=1.0, device="cpu", contrast=2.0)
+    assert torch.allclose(gen.generate(z), gen.generate(7.0 * z), atol=1e-5)  # only the code's direction counts
+    logit = torch.logit(gen.generate(z).clamp(1e-6, 1 - 1e-6)).flatten(1)
+    assert torch.allclose(logit.std(dim=1), torch.full((3,), 2.0), atol=1e-3)
+    plain = FourierGenerator(size=16, n_freq=6, gain=1.0, device="cpu")
+    assert not torch.allclose(plain.generate(z), plain.generate(7.0 * z))
+    with pytest.raises(stimopt.StimoptError, match="contrast"):
+        FourierGenerator(size=16, n_freq=6, contrast=0.0, device="cpu")

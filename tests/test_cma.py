@@ -169,3 +169,30 @@ def test_same_runs_as_nevergrads_diagonal_cma_for_the_same_seed():
         np.testing.assert_allclose(ca, cb, rtol=0, atol=1e-6)
         a.tell(ca, sphere(ca))
         b.tell(cb, sphere(cb))
+
+
+@pytest.mark.parametrize("kw", [{"sampler": "vd"}, {"adapt_sigma": "csa"}])
+def test_sampler_and_step_size_rule_are_seeded_and_resume_exactly(kw):
+    space = stimopt.ContinuousSpace(dim=40)
+    codes, best = drive(CMAES(**kw), space, gens=15)
+    np.random.seed(7)  # pycma's restricted samplers draw from the run's generator too, not numpy's global one
+    again, _ = drive(CMAES(**kw), space, gens=15)
+    assert np.array_equal(codes, again) and best[-1] > best[0]
+    a = CMAES(**kw)
+    a.setup(space, seed=2, budget=400, batch_size=20)
+    for _ in range(4):
+        c = a.ask(20)
+        a.tell(c, sphere(c))
+    b = CMAES(**kw)
+    b.setup(space, seed=2, budget=400, batch_size=20)
+    b.load_state_dict(state_io.loads(state_io.dumps(a.state_dict())))
+    assert np.array_equal(a.ask(20), b.ask(20))
+    name = {"vd": "GaussVDSampler"}.get(kw.get("sampler"), "CMAAdaptSigmaCSA")
+    assert name in (type(a.es.sm).__name__, type(a.es.adapt_sigma).__name__)
+
+
+def test_bad_sampler_and_step_size_rule_are_one_line_errors():
+    with pytest.raises(stimopt.StimoptError, match="sampler must be"):
+        CMAES(sampler="lm")
+    with pytest.raises(stimopt.StimoptError, match="adapt_sigma must be"):
+        CMAES(adapt_sigma="msr")

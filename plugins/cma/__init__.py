@@ -31,13 +31,21 @@ import stimopt
 from stimopt.errors import StimoptError
 
 BOUNDS = ("clip", "transform")
+SAMPLERS = ("vd", "vkd")
+ADAPT_SIGMA = ("tpa", "csa")  # pycma's step-size rules: two-point adaptation (its choice from 300 dimensions on), cumulative  # pycma's restricted Gaussian samplers: VD-CMA (diagonal + one direction), VkD-CMA (k directions)
 
 
 class CMAES(stimopt.Optimizer):
     accepts = (stimopt.ContinuousSpace,)
 
     def __init__(self, diagonal: bool = True, sigma0: float = 1.0, bounds: str = "clip", elitist: bool = False,
-                 options: dict | None = None):
+                 options: dict | None = None, sampler: str | None = None, adapt_sigma: str | None = None):
+        if adapt_sigma is not None and adapt_sigma not in ADAPT_SIGMA:
+            raise StimoptError(f"cmaes.adapt_sigma must be null (pycma's choice) or one of {', '.join(ADAPT_SIGMA)}, got '{adapt_sigma}'")
+        self.adapt_sigma = adapt_sigma
+        if sampler is not None and sampler not in SAMPLERS:
+            raise StimoptError(f"cmaes.sampler must be null or one of {', '.join(SAMPLERS)}, got '{sampler}'")
+        self.sampler = sampler
         if bounds not in BOUNDS:
             raise StimoptError(f"cmaes.bounds must be one of {', '.join(BOUNDS)}, got '{bounds}'")
         if not float(sigma0) > 0:
@@ -67,6 +75,17 @@ class CMAES(stimopt.Optimizer):
         unknown = [k for k in self.options if k not in cma.CMAOptions()]
         if unknown:
             raise StimoptError(f"cmaes.options: pycma has no option(s) {', '.join(unknown)} (see cma.CMAOptions())")
+        if self.sampler is not None:  # a linear-time covariance that learns a few directions fast (replaces diagonal)
+            from cma import restricted_gaussian_sampler as rgs
+
+            cls = {"vd": rgs.GaussVDSampler, "vkd": rgs.GaussVkDSampler}[self.sampler]
+            opts = cls.extend_cma_options(opts)
+            opts["CMA_diagonal"] = False
+            opts["CMA_sampler_options"] = {"randn": self._rng.randn}  # the run's seeded draws, not numpy's global state
+        if self.adapt_sigma is not None:
+            from cma import sigma_adaptation
+
+            opts["AdaptSigma"] = {"tpa": sigma_adaptation.CMAAdaptSigmaTPA, "csa": sigma_adaptation.CMAAdaptSigmaCSA}[self.adapt_sigma]
         opts.update(self.options)
         x0 = np.full(space.dim, space.init_mean, dtype=np.float64)
         if bounded:  # pycma's BoundTransform wants x0 inside the box
@@ -124,7 +143,7 @@ class CMAES(stimopt.Optimizer):
         return {"generations": self.generation, "sigma": float(self.es.sigma), "untold_generations": self.n_untold}
 
     def describe(self):
-        kind = "diagonal" if self.diagonal else "full"
+        kind = self.sampler.upper() + "-CMA" if self.sampler else "diagonal" if self.diagonal else "full"
         return f"pycma CMA-ES ({kind}, popsize {self._args[2] if hasattr(self, '_args') else '?'}, bounds {self.bounds})"
 
 

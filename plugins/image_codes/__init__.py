@@ -82,18 +82,31 @@ def cosine_basis(size: int, n: int) -> torch.Tensor:
 
 class FourierGenerator(_TorchGenerator):
     """Codes are ``3 x n_freq x n_freq`` cosine coefficients (decorrelated colour), scaled by
-    ``1 / (1 + |f|)^decay`` so low frequencies dominate; a sigmoid maps the sum to [0, 1]."""
+    ``1 / (1 + |f|)^decay`` so low frequencies dominate; a sigmoid maps the sum to [0, 1].
 
-    def __init__(self, size: int = 128, n_freq: int = 12, decay: float = 1.0, gain: float = 4.0, device: str = "auto"):
+    ``opponent`` scales the two colour-opponent channels against luminance (1: all three alike;
+    the MEI's parametrization uses 0.4, natural images varying less in colour than in luminance).
+    ``contrast`` (null: off) rescales each image's pre-sigmoid map to that standard deviation
+    (over its pixels and channels): the code then sets only the pattern, never how strong it is,
+    so a search need not spend generations growing the code's norm to reach a high-contrast image.
+    """
+
+    def __init__(self, size: int = 128, n_freq: int = 12, decay: float = 1.0, gain: float = 4.0, device: str = "auto",
+                 opponent: float = 1.0, contrast: float | None = None):
         if n_freq <= 0 or size <= 0 or n_freq > size:
             raise StimoptError(f"generator.n_freq must be in 1..size ({size}), got {n_freq}")
-        self.size, self.n_freq = int(size), int(n_freq)
+        if not float(opponent) >= 0:
+            raise StimoptError(f"generator.opponent must be >= 0, got {opponent}")
+        if contrast is not None and not float(contrast) > 0:
+            raise StimoptError(f"generator.contrast must be null or positive, got {contrast}")
+        self.size, self.n_freq, self.opponent = int(size), int(n_freq), float(opponent)
+        self.contrast = None if contrast is None else float(contrast)
         self.device = resolve_device(device)
         self.basis = (cosine_basis(self.size, self.n_freq) * math.sqrt(self.size)).to(self.device)
         f = torch.arange(self.n_freq, dtype=torch.float32)
         radius = torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
         self.scale = (gain / (1.0 + radius) ** decay).to(self.device)
-        self.mix = COLOR_MIX.to(self.device)
+        self.mix = (COLOR_MIX * torch.tensor([1.0, self.opponent, self.opponent])).to(self.device)
         self._space = stimopt.ContinuousSpace(dim=3 * self.n_freq**2, init_mean=0.0, init_std=1.0)
 
     @property
@@ -104,6 +117,8 @@ class FourierGenerator(_TorchGenerator):
         c = codes.view(-1, 3, self.n_freq, self.n_freq) * self.scale
         c = torch.einsum("rc,bcyx->bryx", self.mix, c)
         img = torch.einsum("hy,bcyx,wx->bchw", self.basis, c, self.basis)
+        if self.contrast is not None:  # a fixed-contrast map: the code's norm does not matter, only its direction
+            img = img * (self.contrast / img.flatten(1).std(dim=1).clamp(min=1e-6))[:, None, None, None]
         return torch.sigmoid(img)
 
 
