@@ -44,6 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 XDREAM_GA_PIXELS = {0: 44.6, 5: 36.1, 17: 28.6, 33: 40.5}
 #: XDream's GA on raw pixels under Poisson-20, median of the same 4 units (best of the last generation, read clean).
 XDREAM_GA_PIXELS_POISSON20_MEDIAN = 20.4
+#: XDream's published median relative activations (Xiao & Kreiman 2020: DeePSiM-fc6, CaffeNet units,
+#: 10,000 evaluations, best of 1.4M ImageNet images as the reference); Poisson-20 = 20 spikes for a good stimulus.
+XDREAM_PUBLISHED = {"none": {"ga": 1.41, "nes": 1.53, "fdgd": 1.52}, "poisson20": {"ga": 1.00, "nes": 0.72, "fdgd": 0.58}}
 #: The team's unit set (issue 14 part 1).
 UNITS = "blocks.1:3,12;blocks.3:0,5,17,33,50,70;blocks.5:7,40"
 #: The order the units are run in: XDream's 4 comparison units first, then one per layer, then the rest.
@@ -71,9 +74,16 @@ OPTIMIZERS = {  # optimizer label -> overrides (XDream's defaults for ga/nes/fdg
     # ablations: XDream's raw-score update, and NES's search-radius learning
     "nes-raw": [*_NES, "optimizer.normalize=false", "optimizer.search_radius_learning_rate=0.0"],
     "fdgd-raw": [*_FDGD, "optimizer.normalize=false"],
-    "nes-rlr": [*_NES, "optimizer.normalize=true", "optimizer.search_radius_learning_rate=0.1"],
+    # the radius gradient is a mean over every dimension: on 49,152 pixel genes z-scored scores move it by
+    # ~rlr * 0.006 / radius per generation at most, so 0.1 (measured before on 432-d fourier) would be a no-op here
+    "nes-rlr": [*_NES, "optimizer.normalize=true", "optimizer.search_radius_learning_rate=1.0"],
     "nes-raw-rlr": [*_NES, "optimizer.normalize=false", "optimizer.search_radius_learning_rate=0.1"],
 }
+#: Options other engineers are adding this session (their defaults reproduce today's code); pinned with ``++`` so
+#: a later change of default cannot change a cell. Where the class does not take one yet, the run drops it
+#: (``~key``): the option absent is the same code.
+LATE_PINS = {"fourier": ["++generator.opponent=1.0", "++generator.contrast=null"],
+             "cmaes": ["++optimizer.sampler=null", "++optimizer.adapt_sigma=null"]}
 NOISES = {"none": [], "poisson20": ["target.relu=true", "noise=poisson", "noise.expected_max_spikes=20",
                                     "noise.repeats=1", "noise.calibration_images=2500"]}
 MAIN = ("ga", "nes", "fdgd", "cmaes")
@@ -109,7 +119,32 @@ def overrides_for(layer: str, unit: int, cell: str, noise: str, budget: int, see
     gen, opt = cell.split("/")
     return [f"budget={budget}", f"seed={seed}", "logger=none", "device=cpu", "store.synchronous=NORMAL",
             "on_bad_response=skip", *COMMON, f"target.layer={layer}", f"target.unit={unit}", "target.relu=false",
-            *GENERATORS[gen], *OPTIMIZERS[opt], *NOISES[noise]]
+            *GENERATORS[gen], *OPTIMIZERS[opt], *NOISES[noise], *LATE_PINS.get(gen, []), *LATE_PINS.get(opt, [])]
+
+
+def build(overrides: list[str], folder: Path):
+    """``build_run(compose(overrides))``; a ``LATE_PINS`` option the class does not take (yet) is removed."""
+    import re
+
+    from stimopt.config import compose
+    from stimopt.errors import StimoptError
+    from stimopt.experiment import build_run
+
+    for _ in range(3):
+        try:
+            return build_run(compose(overrides), folder), overrides
+        except StimoptError as exc:
+            m = re.search(r"does not take option\(s\) ([\w, ]+?);", str(exc))
+            names = [n.strip() for n in m.group(1).split(",")] if m else []
+            late = [o for o in overrides if o.startswith("++") and o[2:].split("=")[0].split(".")[-1] in names]
+            if not late:
+                raise
+            overrides = [o for o in overrides if o not in late] + ["~" + o[2:].split("=")[0] for o in late]
+            try:
+                compose(overrides)
+            except Exception:  # the key is not in the config either: just leave it out
+                overrides = [o for o in overrides if not o.startswith("~")]
+    raise StimoptError(f"could not build a run from {overrides}")
 
 
 def code_version() -> dict:
@@ -137,14 +172,12 @@ def clean_read(run, code) -> float:
 
 def run_one(layer: str, unit: int, cell: str, noise: str, budget: int, seed: int) -> dict:
     from stimopt import reference
-    from stimopt.config import compose
-    from stimopt.experiment import build_run
 
     overrides = overrides_for(layer, unit, cell, noise, budget, seed)
     version, load0 = code_version(), os.getloadavg()
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
-        run = build_run(compose(overrides), Path(d) / "run")
+        run, overrides = build(overrides, Path(d) / "run")
         p = run.run()
         wall = time.perf_counter() - t
         evolved = reference.best_evolved(run)
@@ -189,6 +222,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--stop-at", default=None, help="UTC HH:MM: start no run after it")
     ap.add_argument("--table", action="store_true", help="print the tables (and write them into --out); run nothing")
+    ap.add_argument("--natural", type=int, default=0, help="N: read each unit's clean responses to N natural crops "
+                    "(stimopt.reference) into <out>_natural.json, for relative activation; run nothing else")
     ap.add_argument("--out", default="benchmarks/results/xdream_compare_grid.json")
     args = ap.parse_args()
 
@@ -197,13 +232,16 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(out.read_text())["runs"] if out.exists() else []
     if args.table:  # the tables go to a file of their own: a grid running meanwhile keeps writing --out
-        write_table(out, make_table(results, units, args.budget, args.seed))
+        write_table(out, make_table(results, units, args.budget, args.seed, load_natural(out)))
         return 0
 
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.natural:
+        natural_references(out, units, args.natural)
+        return 0
     done = {key(r) for r in results}
     jobs = [j for j in plan_jobs(args.plan, units) if (*j, args.budget, args.seed) not in done]
     print(f"{len(jobs)} runs to do ({len(done)} in {out})", flush=True)
@@ -223,8 +261,38 @@ def main() -> int:
               f"best {row['best_response']:.1f}, last generation's pick read clean {row['last_gen_best_clean']:.1f}, "
               f"run's pick read clean {row['best_evolved']:.1f} ({row['wall_s']:.0f} s, "
               f"load {row['loadavg_before'][0]:.1f})", flush=True)
-    write_table(out, make_table(results, units, args.budget, args.seed))
+    write_table(out, make_table(results, units, args.budget, args.seed, load_natural(out)))
     return 0
+
+
+def load_natural(out: Path) -> dict:
+    path = out.with_name(out.stem + "_natural.json")
+    return json.loads(path.read_text())["units"] if path.exists() else {}
+
+
+def natural_references(out: Path, units, n: int) -> None:
+    """Each unit's best clean response to ``n`` random crops of the offline photographs (``reference.kind=
+    natural_crops``, seed 0) and the expected best of 2,000 random ones, into ``<out>_natural.json``."""
+    from stimopt import reference
+
+    path = out.with_name(out.stem + "_natural.json")
+    doc = json.loads(path.read_text()) if path.exists() else {"script": "benchmarks/xdream_compare.py --natural",
+                                                              "units": {}}
+    for layer, unit in units:
+        name = f"{layer}[{unit}]"
+        if doc["units"].get(name, {}).get("n_natural") == n:
+            continue
+        with tempfile.TemporaryDirectory() as d:
+            run, _ = build(overrides_for(layer, unit, "pixels/ga", "none", 20, 0), Path(d) / "run")
+            t = time.perf_counter()
+            nat, what = reference.natural_responses(run.target, run.objective, "natural_crops", n, 128, 0)
+            rel = reference.relative(float("nan"), nat, 2000, "max")
+            run.store.close()
+        doc["units"][name] = {"best_natural": rel["best_natural"], "expected_best_of_2000": rel["expected_best_of_random"],
+                              "n_natural": n, "natural_set": what, "wall_s": round(time.perf_counter() - t, 1),
+                              "loadavg": [round(x, 2) for x in os.getloadavg()], **code_version()}
+        path.write_text(json.dumps(doc, indent=1))
+        print(f"{name}: best of {n} natural crops {rel['best_natural']:.2f}", flush=True)
 
 
 def write_table(out: Path, table: dict) -> None:
@@ -239,12 +307,16 @@ def _fmt(v):
     return "–" if v is None else f"{v:.1f}"
 
 
+def _fmt2(v):
+    return "–" if v is None else f"{v:.2f}"
+
+
 def _median(vals):
     vals = [v for v in vals if v is not None]
     return float(np.median(vals)) if vals else None
 
 
-def make_table(results, units, budget, seed) -> dict:
+def make_table(results, units, budget, seed, natural=None) -> dict:
     """Per-unit tables (noiseless: best response; Poisson-20: XDream's scoring and the run's pick, both read
     clean), medians per layer and overall, ratios to XDream's GA, and the missing cells. Printed as markdown."""
     runs = {key(r): r for r in results}
@@ -283,7 +355,17 @@ def make_table(results, units, budget, seed) -> dict:
         if field != "best_evolved":
             print(f"| ratio to XDream's GA on raw pixels ({ref:g}, units 0/5/17/33) | "
                   + " | ".join("–" if ratio[c] is None else f"{ratio[c]:.2f}x" for c in cells) + " |")
-        summary[f"{noise}:{field}"] = {"title": title, "cells": cells,
+        rel = {}
+        if natural:
+            nat = {k: natural.get(f"{k[0]}[{k[1]}]", {}).get("best_natural") for k in grid}
+            rel = {c: _median([grid[k][c] / nat[k] for k in grid if grid[k][c] is not None and nat[k]])
+                   for c in cells}
+            pub = XDREAM_PUBLISHED.get(noise, {})
+            print("| median relative activation (/ best of the natural crops) | "
+                  + " | ".join(_fmt2(rel[c]) for c in cells) + " |")
+            print("| XDream's published median relative activation (DeePSiM-fc6, 10k evaluations, ImageNet) | "
+                  + " | ".join(_fmt2(pub.get(c.split("/")[1])) for c in cells) + " |")
+        summary[f"{noise}:{field}"] = {"title": title, "cells": cells, "median_relative_activation": rel,
                                        "per_unit": {f"{l}[{u}]": row for (l, u), row in grid.items()},
                                        "medians": med, "xdream_reference_median": ref, "ratio_to_xdream": ratio}
     commits = sorted({(r.get("commit") or "?")[:10] for r in results})
