@@ -78,9 +78,10 @@ def info_text(manifest: dict, path: str | Path) -> str:
     lines = [
         f"bank        {path}",
         f"images      {manifest['size']:,} from {manifest['source_kind']} source ({manifest['n_shards']} shards), stored at {manifest['image_size']} px",
-        f"features    {f['model']} {f['layer']} at {f['input_size']} px -> {manifest['feature_dim']} dims"
+        f"features    {f['model']}" + ("" if f["model"] == "pixels" else f" {f['layer']}")
+        + f" at {f['input_size']} px -> {manifest['feature_dim']} dims"
         + (f", PCA to {manifest['pca_dim']}" if manifest.get("pca_dim") else "")
-        + (f" ({f['weights']} weights)" if f["weights"] != "pretrained" else ""),
+        + (f" ({f['weights']} weights)" if f["weights"] != "pretrained" and f["model"] != "pixels" else ""),
     ]
     if manifest.get("note"):
         lines.append(f"note        {manifest['note']}")
