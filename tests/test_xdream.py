@@ -224,9 +224,26 @@ def test_init_codes_and_encode(tmp_path):
     ga.setup(gen.space, seed=0, budget=50, batch_size=5)
     pop = ga.ask(5)
     assert np.array_equal(pop[:3], codes) and [i["op"] for i in ga.ask_info()][3:] == ["init_child"] * 2
-    nes = xdream.NES(n_samples=4, init_codes=str(tmp_path / "init.npy"))
+    nes = xdream.NES(n_samples=4, init_codes=str(tmp_path / "init.npy"), init_center="mean")
     nes.setup(gen.space, seed=0, budget=8, batch_size=4)
     assert np.allclose(nes.center, codes.mean(axis=0))
+    # XDream's default: the centre is one of the given codes, drawn by the seed (not their mean)
+    centres = []
+    for seed in range(12):
+        fd = xdream.FDGD(n_samples=4, init_codes=str(tmp_path / "init.npy"))
+        fd.setup(gen.space, seed=seed, budget=8, batch_size=4)
+        centres.append(int(np.flatnonzero((codes == fd.center.astype(np.float32)).all(axis=1))[0]))
+    assert len(set(centres)) > 1  # drawn, not always the first
+    with pytest.raises(StimoptError, match="init_center"):
+        xdream.NES(init_center="first")
+    # more codes than the population: XDream draws the population from them at random
+    picked = []
+    for seed in range(6):
+        ga = xdream.Genetic(population_size=2, init_codes=str(tmp_path / "init.npy"))
+        ga.setup(gen.space, seed=seed, budget=10, batch_size=2)
+        first = ga.ask(2)
+        picked.append(tuple(int(np.flatnonzero((codes == c).all(axis=1))[0]) for c in first))
+    assert all(len(set(p)) == 2 for p in picked) and len(set(picked)) > 1
     with pytest.raises(StimoptError, match="do not fit"):
         xdream.Genetic(init_codes=str(tmp_path / "init.npy")).setup(stimopt.ContinuousSpace(dim=5), seed=0, budget=20, batch_size=20)
 

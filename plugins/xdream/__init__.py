@@ -114,7 +114,8 @@ class Genetic(_XDreamOptimizer):
             self.ops = ["init"] * pop
             self.parents = [[] for _ in range(pop)]
         else:
-            given = given[:pop]
+            if len(given) > pop:  # XDream draws the population from the given codes at random (seeded)
+                given = given[np.sort(self.rng.choice(len(given), size=pop, replace=False))]
             k = len(given)
             self.population, self.parents = given, [[] for _ in range(k)]
             self.ops = ["init_codes"] * k
@@ -211,19 +212,27 @@ class _Antithetic(_XDreamOptimizer):
     _state_keys = ("center", "steps")
 
     def __init__(self, n_samples: int = 20, search_radius: float = 1.25, learning_rate: float = 1.25,
-                 normalize: bool = True, init_codes: str | None = None):
+                 normalize: bool = True, init_codes: str | None = None, init_center: str = "random"):
         super().__init__(init_codes)
         if int(n_samples) < 2 or not float(search_radius) > 0 or not float(learning_rate) > 0:
             raise StimoptError(f"{type(self).__name__.lower()}: n_samples >= 2, search_radius > 0 and learning_rate > 0 are needed")
+        if init_center not in ("random", "mean"):
+            raise StimoptError(f"{type(self).__name__.lower()}.init_center must be random (XDream: one of the "
+                               f"init_codes, drawn by the seed) or mean (their mean), got '{init_center}'")
         self.n_samples, self.radius, self.lr = int(n_samples), float(search_radius), float(learning_rate)
-        self.normalize = bool(normalize)
+        self.normalize, self.init_center = bool(normalize), init_center
 
     def setup(self, space, *, seed, budget, batch_size):
         super().setup(space, seed=seed, budget=budget, batch_size=batch_size)
         if batch_size != self.n_samples:
             raise StimoptError(f"{type(self).__name__.lower()}.n_samples ({self.n_samples}) must equal batch_size ({batch_size})")
         given = self._initial_codes()
-        self.center = (np.full(space.dim, space.init_mean, np.float64) if given is None else given.mean(axis=0).astype(np.float64))
+        if given is None:
+            self.center = np.full(space.dim, space.init_mean, np.float64)
+        elif self.init_center == "mean":
+            self.center = given.mean(axis=0).astype(np.float64)
+        else:  # XDream: one of the given codes, drawn at random, is the centre
+            self.center = given[int(self.rng.integers(len(given)))].astype(np.float64)
         self.steps = None
 
     def ask(self, n):
@@ -271,8 +280,8 @@ class NES(_Antithetic):
 
     def __init__(self, n_samples: int = 20, search_radius: float = 1.25, learning_rate: float = 1.75,
                  normalize: bool = True, search_radius_learning_rate: float = 0.0, min_search_radius: float = 0.01,
-                 init_codes: str | None = None):
-        super().__init__(n_samples, search_radius, learning_rate, normalize, init_codes)
+                 init_codes: str | None = None, init_center: str = "random"):
+        super().__init__(n_samples, search_radius, learning_rate, normalize, init_codes, init_center)
         if float(search_radius_learning_rate) < 0 or not float(min_search_radius) > 0:
             raise StimoptError("nes: search_radius_learning_rate >= 0 and min_search_radius > 0 are needed")
         self.radius_lr, self.min_radius = float(search_radius_learning_rate), float(min_search_radius)
