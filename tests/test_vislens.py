@@ -323,3 +323,58 @@ def test_decoded_rounds_lay_the_prior_out_by_the_decoded_images_responses():
     assert len(hist) == 2 + 1 and hist[-1]["decoded_round"] == 1
     with pytest.raises(StimoptError, match="needs a target"):
         train_landscape(ConvVAE(16, 8), imgs, r, spec, decoded_rounds=1, epochs=1)
+
+
+@pytest.mark.slow
+def test_perceptual_reconstruction_term_keeps_the_features_a_network_reads():
+    """model.perceptual: the feature term makes reconstructions closer in the frozen network's
+    features than pixel MSE alone does, at the same budget (a tiny CNN made here)."""
+    from stimopt.natural import natural_crops
+    from stimopt_plugins.vislens.vae import FeatureLoss
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 1, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, 1, 1))
+    feat = FeatureLoss(net, layer="2", input_size=16)
+    assert feat.describe().endswith(":2@16px")
+    imgs = natural_crops(64, 16, seed=3)
+    dist = {}
+    for w in (0.0, 1.0):
+        spec = PriorSpec(prior="standard", latent_dim=8)
+        model = ConvVAE(16, 8)
+        train_vae(model, imgs, np.zeros(64), spec, epochs=12, lr=3e-3, w_recon=1.0, w_kld=0.01, batch_size=32,
+                  perceptual=feat if w else None, w_perceptual=w)
+        with torch.no_grad():
+            dist[w] = float(feat(model.decode(encode_means(model, imgs)), imgs).mean())
+    assert dist[1.0] < 0.9 * dist[0.0], dist
+    assert all(p.grad is None for p in net.parameters())  # the network stays frozen
+    lin = LinearVAE(16, 4)
+    with pytest.raises(StimoptError, match="image VAE"):
+        from stimopt_plugins.vislens.vae import vae_loss
+
+        vae_loss(lin, torch.randn(4, 16), torch.zeros(4), PriorSpec(latent_dim=4), 1.0, 1.0, perceptual=feat, w_perceptual=1.0)
+
+
+@pytest.mark.slow
+def test_fit_starts_from_a_fitted_vae(tmp_path):
+    """model.init: a structured fit starts from another fit's VAE (e.g. one long standard fit shared
+    by every unit); a VAE of another shape is one line."""
+    from stimopt.fit import compose_fit, run_fit
+    from stimopt.natural import natural_crops
+    from stimopt_plugins.vislens.vae import load_landscape
+
+    imgs = natural_crops(80, 16, seed=4)
+    np.savez(tmp_path / "imgs.npz", images=(imgs.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))
+    np.savez(tmp_path / "resp.npz", responses=PlantedTarget().evaluate(imgs).numpy()[:, None], names=np.array(["redness"]))
+    common = ["model=vislens_vae", "model.kind=image", "model.latent_dim=8", "model.image_size=16", "model.target_size=16",
+              f"model.images={tmp_path / 'imgs.npz'}", f"model.responses={tmp_path / 'resp.npz'}", "model.lr=3e-3",
+              "model.n_references=4", "device=cpu"]
+    std = run_fit(compose_fit([*common, "model.prior=standard", "model.epochs=6"]), tmp_path / "std")
+    start = load_landscape(std["checkpoint"])["model"]
+    rep = run_fit(compose_fit([*common, "model.epochs=0", f"model.init={std['checkpoint']}"]), tmp_path / "same")
+    assert rep["init"] == std["checkpoint"]
+    after = load_landscape(rep["checkpoint"])["model"]  # 0 epochs: exactly the VAE it started from
+    assert all(torch.equal(a, b) for a, b in zip(start.state_dict().values(), after.state_dict().values()))
+    cold = run_fit(compose_fit([*common, "model.epochs=0"]), tmp_path / "cold")
+    assert rep["val"]["recon_mse"] < cold["val"]["recon_mse"]
+    with pytest.raises(StimoptError, match="model.init"):
+        run_fit(compose_fit([*common, "model.latent_dim=4", "model.epochs=1", f"model.init={std['checkpoint']}"]), tmp_path / "bad")

@@ -172,6 +172,18 @@ def recorded_responses(m, source: str, size: int) -> tuple[torch.Tensor, np.ndar
     return images[idx], r[idx].astype(np.float64), f"recorded {m.responses} ({m.get('format', 'table')}: {col}; {len(idx)} images)"
 
 
+def perceptual_loss(p, kind: str, device):
+    """``model.perceptual`` -> a FeatureLoss (or None when ``model.perceptual.model`` is null)."""
+    if not p or not p.get("model"):
+        return None
+    if kind != "image":
+        raise StimoptError("model.perceptual is a reconstruction loss on pixels: it needs model.kind=image (set model.perceptual.model=null for a CLIP fit)")
+    from stimopt_plugins.vislens.vae import FeatureLoss
+
+    return FeatureLoss(str(p.model), str(p.get("layer", "blocks.2")), int(p.get("input_size", 64)),
+                       str(p.get("weights", "pretrained"))).to(device)
+
+
 def fit_vislens_vae(cfg, out_dir: Path) -> dict:
     """Fit a Vis-Lens landscape: images -> target responses (+ CLIP embeddings) -> VAE with the
     activation (or standard) prior. Writes ``vislens_vae.pt`` (model, prior, references,
@@ -211,6 +223,14 @@ def fit_vislens_vae(cfg, out_dir: Path) -> dict:
     else:
         x = F.interpolate(images, size=(int(m.image_size),) * 2, mode="bilinear", antialias=True, align_corners=False)
         model = ConvVAE(int(m.image_size), int(m.latent_dim))
+    if m.get("init"):  # start from a fitted VAE (e.g. a long standard-prior fit shared by every unit)
+        from stimopt_plugins.vislens.vae import load_landscape
+
+        init = load_landscape(str(m.init))
+        if init["arch"] != model.arch():
+            raise StimoptError(f"model.init={m.init} is a {init['arch']} VAE but this fit builds {model.arch()}; match model.kind, latent_dim and image_size")
+        model.load_state_dict(init["model"].state_dict())
+    perceptual = perceptual_loss(m.get("perceptual"), kind, device)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     n_val = max(1, int(round(float(m.val_fraction) * len(x))))
     val, train = perm[:n_val], perm[n_val:]
@@ -228,14 +248,16 @@ def fit_vislens_vae(cfg, out_dir: Path) -> dict:
         model, x[train], r[train.numpy()], spec, decoded_rounds=rounds, score_decoded=score_decoded,
         epochs=int(m.epochs), batch_size=int(m.batch_size), lr=float(m.lr),
         step_size=int(m.step_size), gamma=float(m.gamma), grad_clip=float(m.grad_clip), w_recon=float(m.w_recon),
-        w_kld=float(m.w_kld), seed=seed, device=device,
+        w_kld=float(m.w_kld), seed=seed, device=device, perceptual=perceptual,
+        w_perceptual=float(m.perceptual.weight) if perceptual is not None else 0.0,
     )
     model.cpu()
     report = {
         "kind": kind, "prior": spec.prior, "latent_dim": spec.latent_dim, "n_train": int(len(train)), "n_val": int(n_val),
         "images": str(source), "target": described,
-        "loss_first_epoch": history[0]["loss"], "loss_last_epoch": history[-1]["loss"],
-        "decoded_rounds": rounds,
+        "loss_first_epoch": history[0]["loss"] if history else None, "loss_last_epoch": history[-1]["loss"] if history else None,
+        "decoded_rounds": rounds, "init": str(m.init) if m.get("init") else None,
+        "perceptual": None if perceptual is None else f"{perceptual.describe()} x {float(m.perceptual.weight):g}",
         "train": landscape_report(model, x[train], r[train.numpy()], spec),
         "val": landscape_report(model, x[val], r[val.numpy()], spec),
     }

@@ -21,6 +21,9 @@ The standard VAE (``prior='standard'``) is the baseline: N(0, I) everywhere.
 Loss = ``w_recon * ||x - x_recon||^2 + w_kld * KLD(posterior || prior)`` (squared error summed
 over features, KLD over latent dims, both averaged over items; CLIP embeddings are standardized
 first, images are in [0, 1]). Defaults follow the paper: Adam lr 1e-4, StepLR(10, 0.9), grad clip 1.0, batch 128.
+An image VAE may add ``w_perceptual * ||phi(x_recon) - phi(x)||^2`` (:class:`FeatureLoss`, a frozen
+network's features of one layer) to the reconstruction term, so that its reconstructions keep
+what a CNN unit reads (stimopt's addition, not the paper's; issue 19).
 """
 from __future__ import annotations
 
@@ -180,19 +183,69 @@ def build_vae(arch: dict) -> nn.Module:
     raise StimoptError(f"unknown VAE kind '{arch['kind']}' (clip | image)")
 
 
-def vae_loss(model, x, r, spec: PriorSpec, w_recon: float, w_kld: float, sample: bool = True):
-    """(total, mse, kld) for a batch; the KLD is to the activation prior (or N(0, I))."""
+class FeatureLoss(nn.Module):
+    """A perceptual reconstruction term: squared distance between a frozen network's features of
+    the reconstruction and of the input, summed over the features of ``layer`` (read with
+    stimopt.models.LayerReader, images resized to ``input_size`` and normalized as the network
+    expects), per item. ``model``: a torchvision/timm name (offline weights, stimopt.models) or
+    an ``nn.Module``.
+
+    Why (issue 19): the latent modification is read on *decoded* images, and with pixel MSE alone
+    a small VAE's reconstructions lose the texture a CNN unit responds to (the response to a
+    reconstruction correlated -0.47..+0.10 with the response to its input on Lite0 units), so no
+    move in its latent can change that response in a chosen way. Matching early features keeps
+    what the later layers read.
+    """
+
+    def __init__(self, model="efficientnet_lite0", layer: str = "blocks.2", input_size: int = 64, weights: str = "pretrained"):
+        super().__init__()
+        from stimopt.models import IMAGENET_MEAN, IMAGENET_STD, LayerReader, load_model
+
+        if isinstance(model, nn.Module):
+            net, mean, std, name = model.eval(), IMAGENET_MEAN, IMAGENET_STD, type(model).__name__
+        else:
+            (net, mean, std), name = load_model(str(model), str(weights)), str(model)
+        for p in net.parameters():
+            p.requires_grad_(False)
+        self.net, self.input_size, self.name, self.layer = net, int(input_size), name, str(layer)
+        self.reader = LayerReader(net, self.layer, name)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size,) * 2, mode="bilinear", align_corners=False)
+        return self.reader((x - self.mean.to(x)) / self.std.to(x)).flatten(1)
+
+    def forward(self, recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            fx = self.features(x)
+        return ((self.features(recon) - fx) ** 2).sum(1)
+
+    def describe(self) -> str:
+        return f"{self.name}:{self.layer}@{self.input_size}px"
+
+
+def vae_loss(model, x, r, spec: PriorSpec, w_recon: float, w_kld: float, sample: bool = True,
+             perceptual: FeatureLoss | None = None, w_perceptual: float = 0.0):
+    """(total, mse, kld) for a batch; the KLD is to the activation prior (or N(0, I)). With
+    ``perceptual`` (image VAEs), ``w_perceptual`` x its feature distance joins the reconstruction term."""
     mu, logvar = model.encode(x)
     z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if sample else mu
     recon = model.decode(z)
     target = x if model.kind == "clip" else F.interpolate(x, size=recon.shape[-2:], mode="bilinear", antialias=True, align_corners=False) if x.shape[-1] != recon.shape[-1] else x
     mse = F.mse_loss(recon, target, reduction="none").flatten(1).sum(1)  # ||x - x_recon||^2 per item (paper)
+    feat = torch.zeros_like(mse)
+    if perceptual is not None and w_perceptual:
+        if model.kind == "clip":
+            raise StimoptError("a perceptual reconstruction loss needs an image VAE (model.kind=image); the CLIP VAE reconstructs embeddings")
+        feat = perceptual(recon, target)
     if spec.prior == "standard":
         pm, ps = torch.zeros_like(mu), torch.ones_like(mu)
     else:
         pm, ps = spec.params(r.to(mu.device))
     kld = kld_gaussian(mu, logvar, pm.to(mu), ps.to(mu))
-    return (w_recon * mse + w_kld * kld).mean(), mse.mean(), kld.mean()
+    return (w_recon * mse + float(w_perceptual) * feat + w_kld * kld).mean(), mse.mean(), kld.mean()
 
 
 @torch.no_grad()
@@ -253,6 +306,7 @@ def train_vae(
     model, x: torch.Tensor, r: np.ndarray, spec: PriorSpec, *, epochs: int = 150, batch_size: int = 128,
     lr: float = 1e-4, step_size: int = 10, gamma: float = 0.9, grad_clip: float = 1.0,
     w_recon: float = 1.0, w_kld: float = 1.0, seed: int = 0, device="cpu", log=None,
+    perceptual: FeatureLoss | None = None, w_perceptual: float = 0.0,
 ) -> list[dict]:
     """Algorithm 1: Adam + StepLR + grad clipping on (MSE, KLD to the activation prior). Returns per-epoch losses."""
     torch.manual_seed(seed)
@@ -260,6 +314,8 @@ def train_vae(
         model.x_mean.copy_(x.mean(0))
         model.x_std.copy_(x.std(0).mean().clamp_min(1e-8))
     model.to(device).train()
+    if perceptual is not None:
+        perceptual.to(device)
     r_t = torch.as_tensor(np.asarray(r), dtype=torch.float32)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step_size, gamma=gamma)
@@ -270,7 +326,8 @@ def train_vae(
         tot = mse_s = kld_s = 0.0
         for i in range(0, len(x), batch_size):
             idx = perm[i:i + batch_size]
-            loss, mse, kld = vae_loss(model, x[idx].to(device), r_t[idx], spec, w_recon, w_kld)
+            loss, mse, kld = vae_loss(model, x[idx].to(device), r_t[idx], spec, w_recon, w_kld,
+                                      perceptual=perceptual, w_perceptual=w_perceptual)
             if not torch.isfinite(loss):
                 raise StimoptError(f"VAE training diverged (loss {loss.item()}) in epoch {epoch}; lower model.lr or model.w_kld")
             opt.zero_grad()
@@ -348,6 +405,6 @@ def point_kld(z: torch.Tensor, prior_mu: torch.Tensor, prior_sigma: float | torc
 
 
 __all__ = [
-    "PriorSpec", "kld_gaussian", "LinearVAE", "ConvVAE", "build_vae", "vae_loss", "train_vae", "train_landscape",
+    "PriorSpec", "FeatureLoss", "kld_gaussian", "LinearVAE", "ConvVAE", "build_vae", "vae_loss", "train_vae", "train_landscape",
     "landscape_report", "save_landscape", "load_landscape", "point_kld", "encode_means", "auc",
 ]
