@@ -6,11 +6,14 @@ Data: Gaussian vectors whose variance falls as a power law over dimensions (vari
 principal axis ~ i^-alpha, alpha 1 by default, as reported for CNN and visual-cortex
 representations), randomly rotated so no axis is special; unlike clustered blobs there are no
 easy clusters for the IVF lists to find. Written as a memory-mapped .npy under --tmp (removed at
-the end). For each method: the bank's own graph stage (``prepare_index`` then ``build_graph``:
-k=100 neighbours of every vector, blocks of 65,536 queries), recall@10 of the finished graph
-against exact search on 1,000 queries, and the recall of the same index at other nprobe values
-on those queries. Results (appended per method, so a killed run keeps what finished) go to
-benchmarks/results/bank_index_scale.json, with a projection to 30M from the measured rates.
+the end). Exact neighbours of 1,000 sampled queries (the bank streamed in blocks) once per N; for
+each method: the bank's own ``prepare_index`` (timed: build time, index size), recall@10 (of k=100)
+and ms/query of the bank's own search (``refined_search``: the index's shortlist of refine x
+(k + 1), re-ranked exactly on the memory-mapped rows) for each nprobe x refine, and the graph jobs'
+own ``search_blocks`` at the chosen --nprobe/--refine timed on --graph-rows query rows (the rate
+times N gives the whole graph's CPU time). Results (appended per method, so a killed run keeps
+what finished) go to benchmarks/results/bank_index_scale.json, with a projection to 30M from the
+measured rates.
 """
 from __future__ import annotations
 
@@ -42,60 +45,92 @@ def power_law(path: Path, n: int, d: int, alpha: float, seed: int = 0) -> np.nda
     return np.load(path, mmap_mode="r")
 
 
-def recall_sweep(x, index_file: Path, method: str, k: int, nprobes: list[int], n_queries: int = 1000) -> dict:
-    import faiss
+def vmhwm_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
 
+
+def sample_truth(x, n_queries: int = 1000):
+    """1,000 sampled rows and their exact 10 nearest other rows (the bank streamed in blocks)."""
     from stimopt.bank.graph import drop_self
     from stimopt.bank.index import exact_knn
 
     rows = np.sort(np.random.default_rng(0).choice(len(x), size=min(len(x), n_queries), replace=False))
+    t = time.perf_counter()
+    truth = drop_self(exact_knn(np.ascontiguousarray(x[rows], dtype=np.float32), x, 11), rows, 10)
+    return rows, truth, time.perf_counter() - t
+
+
+def recall_sweep(x, index_file: Path, k: int, rows, truth, nprobes: list[int], refines: list[int]) -> dict:
+    """recall@10 (of the k=100 neighbours' first 10) and ms per query for each nprobe x refine, on
+    the sampled queries, with the bank's own search (``refined_search``: shortlist + exact re-rank)."""
+    import faiss
+    from tqdm import tqdm
+
+    from stimopt.bank.graph import drop_self
+    from stimopt.bank.index import refined_search
+
     q = np.ascontiguousarray(x[rows], dtype=np.float32)
-    truth = drop_self(exact_knn(q, x, 11), rows, 10)
     index = faiss.read_index(str(index_file))
+    ivf = faiss.extract_index_ivf(index)
     out = {}
-    for nprobe in nprobes:
-        index.nprobe = nprobe
+    for nprobe, refine in tqdm([(a, b) for a in nprobes for b in refines], desc="nprobe x refine sweep", leave=False):
+        ivf.nprobe = nprobe
         t = time.perf_counter()
-        ids = drop_self(index.search(q, k + 1)[1], rows, k)[:, :10]
+        ids = drop_self(refined_search(index, x, q, k + 1, refine), rows, k)[:, :10]
         dt = time.perf_counter() - t
         hits = sum(len(np.intersect1d(a, b)) for a, b in zip(truth, ids))
-        out[str(nprobe)] = {"recall_at_10": round(hits / truth.size, 4), "ms_per_query": round(1e3 * dt / len(q), 3)}
+        out[f"nprobe={nprobe},refine={refine}"] = {"nprobe": nprobe, "refine": refine, "recall_at_10": round(hits / truth.size, 4),
+                                                  "ms_per_query": round(1e3 * dt / len(q), 3)}
     return out
 
 
-def run_method(x, method: str, k: int, nprobe: int, nprobes: list[int], work: Path) -> dict:
+def run_method(x, method: str, k: int, nprobe: int, refine: int, nprobes: list[int], refines: list[int], rows, truth,
+               work: Path, graph_rows: int) -> dict:
+    """Build the bank's index (``prepare_index``), sweep nprobe x refine on the sample, then time the
+    graph jobs' own search (``search_blocks``) at the chosen setting on ``graph_rows`` query rows."""
     import faiss
 
-    from stimopt.bank.graph import build_graph, parts_dir, prepare_index
+    from stimopt.bank.graph import parts_dir, prepare_index, search_blocks
 
     out = work / f"graph-{method}.npy"
     parts = parts_dir(out)
     shutil.rmtree(parts, ignore_errors=True)
     parts.mkdir(parents=True)
     t, c = time.perf_counter(), time.process_time()
-    prepare_index(x, method, parts)
+    prepare_index(x, method, parts, refine=refine)
     index_s, index_cpu = time.perf_counter() - t, time.process_time() - c
     index_bytes = (parts / "index.faiss").stat().st_size
-    sweep = recall_sweep(x, parts / "index.faiss", method, k, nprobes)
+    sweep = recall_sweep(x, parts / "index.faiss", k, rows, truth, nprobes, refines)
+    n = len(x)
+    m = min(n, graph_rows)
+    blocks = {b: (s, min(s + 4096, m)) for b, s in enumerate(range(0, m, 4096))}
     t, c = time.perf_counter(), time.process_time()
-    info = build_graph(x, k, out, method=method, nprobe=nprobe, recall_queries=1000)
+    search_blocks(x, k, method, parts, blocks, nprobe)  # refine: as prepared
     graph_s, graph_cpu = time.perf_counter() - t, time.process_time() - c
-    out.unlink(missing_ok=True)
-    return {"method": method, "index": info.get("index"), "index_bytes": index_bytes,
+    index_name = (parts / "index.txt").read_text()
+    shutil.rmtree(parts, ignore_errors=True)
+    chosen = sweep.get(f"nprobe={nprobe},refine={refine}", {})
+    return {"method": method, "index": index_name,
+            "index_bytes": index_bytes,
             "vectors_bytes": int(x.shape[0] * x.shape[1] * 4), "compression": round(x.shape[0] * x.shape[1] * 4 / index_bytes, 1),
             "index_build_s": round(index_s, 1), "index_build_cpu_s": round(index_cpu, 1),
-            "graph_search_s": round(graph_s, 1), "graph_search_cpu_s": round(graph_cpu, 1),
-            "recall_at_10": info["recall_at_10"], "recall_queries": info["recall_queries"], "nprobe": nprobe,
-            "recall_by_nprobe": sweep, "faiss_threads": faiss.omp_get_max_threads(),
+            "graph_search_rows": m, "graph_search_s": round(graph_s, 1), "graph_search_cpu_s": round(graph_cpu, 1),
+            "graph_search_cpu_s_all_n": round(graph_cpu * n / m, 1),
+            "nprobe": nprobe, "refine": refine, "recall_at_10": chosen.get("recall_at_10"), "recall_queries": len(rows),
+            "recall_by_setting": sweep, "faiss_threads": faiss.omp_get_max_threads(), "peak_rss_mb": vmhwm_mb(),
             "load_average_after": round(os.getloadavg()[0], 1)}
 
 
 def projection(r: dict, n: int, target: float = 30e6) -> dict:
-    """Index build ~ N (training on a sample of 64 nlist ~ sqrt(N) rows is small next to adding);
-    graph search ~ N^1.5 (each query scans nlist centres + nprobe lists of N/nlist, nlist ~ sqrt(N))."""
+    """Index build ~ N^1.5 (adding assigns each vector to nlist ~ sqrt(N) centres; training on 40
+    nlist rows costs 40 nlist^2 d ~ N per iteration); graph search ~ N^1.5 (each query scans nlist
+    centres + nprobe lists of N/nlist rows, and the re-ranking's shortlist is fixed per query)."""
     f = target / n
-    search_cpu_h = r["graph_search_cpu_s"] * f ** 1.5 / 3600
-    return {"n": int(target), "index_build_cpu_h": round(r["index_build_cpu_s"] * f / 3600, 2),
+    search_cpu_h = r["graph_search_cpu_s_all_n"] * f ** 1.5 / 3600
+    return {"n": int(target), "index_build_cpu_core_h": round(r["index_build_cpu_s"] * f ** 1.5 / 3600, 2),
             "graph_search_cpu_core_h": round(search_cpu_h, 1),
             "index_bytes": int(r["index_bytes"] * f), "graph_int32_bytes_k100": int(target * 100 * 4)}
 
@@ -107,22 +142,35 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--alpha", type=float, default=1.0)
     ap.add_argument("--methods", default="ivfpq,ivfsq")
-    ap.add_argument("--nprobe", type=int, default=16)
-    ap.add_argument("--sweep", default="4,16,64")
+    ap.add_argument("--nprobe", type=int, default=64, help="the setting whose graph search is timed")
+    ap.add_argument("--refine", default="ivfpq=8,ivfsq=2", help="method=factor: the setting whose graph search is timed")
+    ap.add_argument("--sweep-nprobe", default="16,32,64,128")
+    ap.add_argument("--sweep-refine", default="1,2,4,8")
+    ap.add_argument("--graph-rows", type=int, default=20_000, help="query rows whose graph search is timed (rate x N)")
     ap.add_argument("--tmp", default=None, help="folder for the data (n x d x 4 bytes); default: the system temp folder")
     args = ap.parse_args()
+    import faiss
+
+    faiss.omp_set_num_threads(min(2, faiss.omp_get_max_threads()))
+    refine = {m: int(v) for m, v in (kv.split("=") for kv in args.refine.split(","))}
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": []}
+    for old in results["runs"]:
+        old.setdefault("label", "first run: IVF4000,PQ32x8, no re-ranking, full graph search of all N")
     results["data"] = f"Gaussian, variance of axis i ~ i^-{args.alpha}, randomly rotated, d={args.d}"
     results["machine"] = f"{os.cpu_count()} CPU cores shared with other jobs"
+    label = "re-ranked shortlist (refine), graph search timed on a slice"
     work = Path(tempfile.mkdtemp(dir=args.tmp, prefix="bank_index_scale-"))
     try:
         for n in args.n:
             x = power_law(work / "x.npy", n, args.d, args.alpha)
+            rows, truth, truth_s = sample_truth(x)
             for method in args.methods.split(","):
-                r = run_method(x, method, args.k, args.nprobe, [int(v) for v in args.sweep.split(",")], work)
-                r.update(n=n, d=args.d, k=args.k, projection_30M=projection(r, n))
+                r = run_method(x, method, args.k, args.nprobe, refine.get(method, 1), [int(v) for v in args.sweep_nprobe.split(",")],
+                               [int(v) for v in args.sweep_refine.split(",")], rows, truth, work, args.graph_rows)
+                r.update(n=n, d=args.d, k=args.k, label=label, exact_truth_s=round(truth_s, 1), projection_30M=projection(r, n))
                 print(json.dumps(r), flush=True)
-                results["runs"] = [o for o in results["runs"] if (o["n"], o["method"], o["k"]) != (n, method, args.k)] + [r]
+                key = (n, method, args.k, label)
+                results["runs"] = [o for o in results["runs"] if (o["n"], o["method"], o["k"], o.get("label")) != key] + [r]
                 RESULTS.parent.mkdir(exist_ok=True)
                 RESULTS.write_text(json.dumps(results, indent=1))
             del x
