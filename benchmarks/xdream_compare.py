@@ -155,6 +155,10 @@ def build(overrides: list[str], folder: Path):
     raise StimoptError(f"could not build a run from {overrides}")
 
 
+#: The commit (and modified paths) when this process started: the code it imported (``commit`` is HEAD at the run).
+STARTED: dict = {}
+
+
 def code_version() -> dict:
     """The commit the run used and the code paths that differ from it (the cell's meaning is pinned anyway)."""
     def git(*a):
@@ -182,7 +186,7 @@ def run_one(layer: str, unit: int, cell: str, noise: str, budget: int, seed: int
     from stimopt import reference
 
     overrides = overrides_for(layer, unit, cell, noise, budget, seed)
-    version, load0 = code_version(), os.getloadavg()
+    version, load0 = {**code_version(), "imported_at": STARTED}, os.getloadavg()
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
         run, overrides = build(overrides, Path(d) / "run")
@@ -250,6 +254,7 @@ def main() -> int:
     if args.natural:
         natural_references(out, units, args.natural)
         return 0
+    STARTED.update(code_version())
     done = {key(r) for r in results}
     jobs = [j for j in plan_jobs(args.plan, units) if (*j, args.budget, args.seed) not in done]
     print(f"{len(jobs)} runs to do ({len(done)} in {out})", flush=True)
