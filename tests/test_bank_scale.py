@@ -39,7 +39,7 @@ def test_ivfpq_bank_stores_its_recall_and_the_walk_runs_on_it(tmp_path):
     assert g["recall_queries"] == 400 and g["recall_at_10"] >= IVFPQ_RECALL_FLOOR
     assert g["recall_at_10"] == round(recall_at(np.asarray(bank.features), bank.graph, 1000), 4)
     assert not (np.asarray(bank.graph) == np.arange(400)[:, None]).any()
-    assert "(ivfpq), recall@10 vs exact" in info_text(bank.manifest, out)
+    assert g["refine"] == 8 and "(ivfpq, nprobe 8, re-ranked x8), recall@10 vs exact" in info_text(bank.manifest, out)
     space = bank.space
     walk = Walk(L=10, K=4, M=2)
     walk.setup(space, seed=0, budget=120, batch_size=20)
@@ -50,6 +50,19 @@ def test_ivfpq_bank_stores_its_recall_and_the_walk_runs_on_it(tmp_path):
         asked += codes.tolist()
         walk.tell(codes, np.asarray(space.features[codes]) @ w)
     assert len(set(asked)) == 120 and max(asked) < 400
+
+
+@pytest.mark.parametrize("extra,nprobe,refine", [([], 64, 2), (["--nprobe", "4", "--refine", "3"], 4, 3)])
+def test_cli_nprobe_and_refine_reach_the_graph(tmp_path, extra, nprobe, refine):
+    out = tmp_path / "bank"
+    args = _parser().parse_args(["build", "demo:60", str(out), "--method", "ivfsq", "--k", "5", *extra])
+    build_bank(args.source, out, features=FeatureSpec(model="pixels", input_size=8), k=args.k, method=args.method,
+               nprobe=args.nprobe, refine=args.refine, image_size=16)
+    g = load_bank(out).manifest["graph"]
+    assert (g["nprobe"], g["refine"]) == (nprobe, refine)
+    with pytest.raises(StimoptError, match="other options"):  # continuing asks for the options it was built with
+        build_bank(args.source, out, features=FeatureSpec(model="pixels", input_size=8), k=args.k, method=args.method,
+                   nprobe=args.nprobe, refine=refine + 1, image_size=16)
 
 
 @pytest.mark.parametrize("method,name", [("ivfpq", ",PQ"), ("ivfsq", ",SQ8"), ("ivf", ",Flat")])

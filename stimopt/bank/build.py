@@ -27,7 +27,7 @@ READ_CHUNK = 256  # images decoded at a time inside a shard (bounds memory)
 
 
 def plan_build(source: str, out: str | Path, *, features: FeatureSpec | None = None, k: int = 100, method: str = "auto",
-               nprobe: int = 16, pca_dim: int | None = None, n_coresets: int | None = None, coreset_size: int | None = None,
+               nprobe: int | None = None, refine: int | None = None, pca_dim: int | None = None, n_coresets: int | None = None, coreset_size: int | None = None,
                coreset_method: str = "kcenter", image_size: int = 224, shard_size: int = DEFAULT_SHARD_SIZE, seed: int = 0,
                note: str = "") -> dict:
     """Write plan.json and the shards' item lists (once); a second call checks the options match."""
@@ -42,8 +42,15 @@ def plan_build(source: str, out: str | Path, *, features: FeatureSpec | None = N
 
     if coreset_method not in METHODS:
         raise StimoptError(f"coreset method must be one of {', '.join(METHODS)}, got '{coreset_method}'")
+    if nprobe is None:  # a compressed index's recall is capped by the lists it probes (docs/imagebeagle.md)
+        nprobe = 64 if method in ("ivfpq", "ivfsq") else 16
+    if refine is not None:
+        from stimopt.bank.graph import refine_factor
+
+        refine = refine_factor(method, refine)  # one line when it is not a whole number >= 1
     options = {
         "source": str(source), "features": asdict(features), "k": int(k), "method": method, "nprobe": int(nprobe),
+        "refine": refine,
         "pca_dim": int(pca_dim) if pca_dim else None, "n_coresets": n_coresets, "coreset_size": coreset_size,
         "coreset_method": coreset_method, "image_size": int(image_size), "shard_size": int(shard_size), "seed": int(seed),
         "note": note,
@@ -52,6 +59,7 @@ def plan_build(source: str, out: str | Path, *, features: FeatureSpec | None = N
     if plan_file.exists():
         plan = mf.read_json(plan_file)
         plan["options"].setdefault("coreset_method", "graph")  # banks planned before kcenter coresets existed
+        plan["options"].setdefault("refine", None)  # banks planned before re-ranking
         if plan["options"] != json.loads(json.dumps(options)):
             diff = [f"{key}: {plan['options'].get(key)!r} -> {options[key]!r}" for key in options
                     if json.dumps(plan["options"].get(key)) != json.dumps(options[key])]
@@ -230,7 +238,7 @@ def finish(bank: str | Path, log=None, launcher: str | None = None, launcher_ove
             def run_blocks(todo):
                 run_shards_multirun(bank, plan["n_shards"], launcher, launcher_overrides, stage="graph", todo=todo)
         graph_info = build_graph(np.asarray(vectors), opts["k"], bank / "graph.npy", opts["method"], opts["nprobe"],
-                                 seed=opts["seed"], blocks=blocks, run_blocks=run_blocks)
+                                 seed=opts["seed"], blocks=blocks, run_blocks=run_blocks, refine=opts.get("refine"))
         mf.write_json(graph_info_file, graph_info)
     times["graph"] = time.perf_counter() - t
     graph = np.load(bank / "graph.npy", mmap_mode="r")

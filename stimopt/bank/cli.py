@@ -42,8 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--pca-dim", type=_none_or_int, default=None, help="reduce features with PCA before the graph")
     b.add_argument("--k", type=int, default=100, help="neighbours per image (paper: ~1,000 on 30M images)")
     b.add_argument("--method", default="auto", choices=["auto", "exact", "ivf", "ivfpq", "ivfsq", "hnsw"],
-                   help="graph search: exact, ivf (IVF-Flat), ivfpq (IVF-PQ, d/4 bytes per image), ivfsq (IVF-SQ8), hnsw")
-    b.add_argument("--nprobe", type=int, default=16)
+                   help="graph search: exact, ivf (IVF-Flat), ivfpq (IVF + fast-scan PQ, d/8 bytes per image), ivfsq (IVF-SQ8), hnsw")
+    b.add_argument("--nprobe", type=int, default=None,
+                   help="IVF lists searched per query (default 16 for ivf, 64 for ivfpq/ivfsq, whose recall the lists cap)")
+    b.add_argument("--refine", type=int, default=None,
+                   help="ivfpq/ivfsq: re-rank a shortlist of refine x k candidates with exact distances (default 8 / 2; 1: none)")
     b.add_argument("--coresets", type=_none_or_int, default=None, help="number of coresets (default 10)")
     b.add_argument("--coreset-size", type=_none_or_int, default=None, help="images per coreset (default min(10k, N/20))")
     b.add_argument("--coreset-method", default="kcenter", choices=["kcenter", "graph"],
@@ -73,7 +76,7 @@ def build_main(args) -> None:
                        pool_stride=args.pool_stride, pool_grid=args.pool_grid, weights=args.weights, batch_size=args.batch_size,
                        seed=args.seed)
     manifest = build_bank(
-        args.source, args.out, features=spec, k=args.k, method=args.method, nprobe=args.nprobe, pca_dim=args.pca_dim,
+        args.source, args.out, features=spec, k=args.k, method=args.method, nprobe=args.nprobe, refine=args.refine, pca_dim=args.pca_dim,
         n_coresets=args.coresets, coreset_size=args.coreset_size, coreset_method=args.coreset_method,
         image_size=args.image_size, shard_size=args.shard_size,
         seed=args.seed, launcher=args.launcher, launcher_overrides=args.launcher_override, device=args.device, log=_log,

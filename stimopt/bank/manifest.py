@@ -86,7 +86,9 @@ def info_text(manifest: dict, path: str | Path) -> str:
     if manifest.get("note"):
         lines.append(f"note        {manifest['note']}")
     lines += [
-        f"graph       k={g['k']} ({g['method']}), recall@10 vs exact = {g['recall_at_10']}"
+        f"graph       k={g['k']} ({g['method']}"
+        + (f", nprobe {g['nprobe']}" if g.get("nprobe") else "") + (f", re-ranked x{g['refine']}" if g.get("refine", 1) > 1 else "")
+        + f"), recall@10 vs exact = {g['recall_at_10']}"
         + (f" on {g['recall_queries']} queries" if g.get("recall_queries") else ""),
         f"coresets    {c['n']} x {c['size']} ({c.get('method', 'graph')})",
         f"skipped     {sk['count']} unreadable images" + (": " + ", ".join(s[0] for s in sk["items"][:5]) if sk["count"] else ""),
