@@ -71,7 +71,10 @@ CONFIGS = {  # label -> overrides on top of the embedded default (cmaes on fouri
     "cma-s05-c3": ["optimizer=cmaes", "generator.gain=1.0", "optimizer.sigma0=0.5", "+generator.contrast=3.0"],
     "cma-s1-c3": ["optimizer=cmaes", "generator.gain=1.0", "optimizer.sigma0=1.0", "+generator.contrast=3.0"],
     "default-pop40": ["batch_size=40"], "default-pop100": ["batch_size=100"],
-    "ga": ["optimizer=ga"], "nes": ["optimizer=nes"], "fdgd": ["optimizer=fdgd"],
+    # the other optimizers on the 12 x 12, gain 1 code (the fourier defaults when they were run), pinned
+    "ga": ["optimizer=ga", "generator.n_freq=12", "generator.gain=1.0"],
+    "nes": ["optimizer=nes", "generator.n_freq=12", "generator.gain=1.0"],
+    "fdgd": ["optimizer=fdgd", "generator.n_freq=12", "generator.gain=1.0"],
     "ga-g4": ["optimizer=ga", *FOURIER_OLD], "nes-g4": ["optimizer=nes", *FOURIER_OLD],
     "fdgd-g4": ["optimizer=fdgd", *FOURIER_OLD],
     # white-box references: Adam on the codes through the differentiable objective
@@ -82,6 +85,12 @@ CONFIGS = {  # label -> overrides on top of the embedded default (cmaes on fouri
     "wb-g1-nf24": ["optimizer=latent_gradient", "optimizer.kld=none", "optimizer.init=random", "batch_size=4",
                    "optimizer.steps_per_ask=50", "optimizer.lr=0.05", "generator.n_freq=24", "generator.gain=1.0"],
 }
+# Every config but the embedded default names its code size: fourier's default n_freq became 24 (with
+# cmaes sigma0 0.5) after these runs; the configs that ran on the 12 x 12 code before keep it.
+for _label, _ov in CONFIGS.items():
+    if _label not in ("default", "default-pop40", "default-pop100") and not any("n_freq" in o for o in _ov):
+        _ov.append("generator.n_freq=12")
+NEW_DEFAULT = "cma-s05-nf24"  # what `default` composes to since the change (sigma0 0.5 on the 24 x 24, gain 1 code)
 MEI_FILE = Path("benchmarks/results/mei_vs_lucent.json")
 
 
@@ -217,6 +226,62 @@ def per_unit(t: dict, results: list[dict], default: str = "cma-g1") -> None:
               f"{f(mei)} | {f(None if mei is None else new / mei, 2)} |")
 
 
+#: issue 14's unit set for the 10-unit median; the tuning units are blocks.3 channels 0 and 5
+UNIT_SET = [("blocks.1", 3), ("blocks.1", 12), ("blocks.3", 0), ("blocks.3", 5), ("blocks.3", 17), ("blocks.3", 33),
+            ("blocks.3", 50), ("blocks.3", 70), ("blocks.5", 7), ("blocks.5", 40)]
+TUNING = {("blocks.3", 0), ("blocks.3", 5)}
+#: configs that ran the same code as another: every ``default`` run in the results file was made while the
+#: embedded default was ``cma-g1`` (cmaes sigma0 1 on fourier gain 1, 12 x 12), so the tables read them as ``cma-g1``
+SAME = {"default": "cma-g1"}
+
+
+def ratio_table(t: dict, results: list[dict], configs: list[str]) -> dict:
+    """Per unit of UNIT_SET: each config's noiseless best over the unit's mei optimum; medians over
+    all units, the held-out ones, and the units every config has."""
+    val = {(r["layer"], r["unit"], SAME.get(r["config"], r["config"])): r["best_response"] for r in results
+           if r["noise"] == "none" and r["budget"] == 2000 and r["seed"] == 0}
+    mei = {tuple(k[:-1].split("[")): v for k, v in t["white_box_mei"].items()}
+    mei = {(k[0], int(k[1])): v for k, v in mei.items()}
+    head = "| unit | " + " | ".join(configs) + " | mei | " + " | ".join(f"{c} / mei" for c in configs) + " |"
+    print(head)
+    print("|---" * (2 + 2 * len(configs)) + "|---|")
+    out = {"configs": configs, "units": {}, "medians": {}}
+    f = lambda x, d=1: "–" if x is None else f"{x:.{d}f}"
+    for layer, u in UNIT_SET:
+        m = mei.get((layer, u))
+        vs = [val.get((layer, u, c)) for c in configs]
+        rs = [None if v is None or m is None else v / m for v in vs]
+        tag = " (tuning)" if (layer, u) in TUNING else ""
+        print(f"| {layer}[{u}]{tag} | " + " | ".join(f(v) for v in vs) + f" | {f(m)} | " + " | ".join(f(r, 2) for r in rs) + " |")
+        out["units"][f"{layer}[{u}]"] = {"mei": m, **{c: v for c, v in zip(configs, vs)}}
+    for name, sel in (("all", UNIT_SET), ("held_out", [k for k in UNIT_SET if k not in TUNING])):
+        for c in configs:
+            rs = [val[(l, u, c)] / mei[(l, u)] for l, u in sel if (l, u, c) in val and (l, u) in mei]
+            vs = [val[(l, u, c)] for l, u in sel if (l, u, c) in val]
+            if rs:
+                out["medians"][f"{c}|{name}"] = {"n": len(rs), "median_ratio_mei": float(np.median(rs)),
+                                                 "median_value": float(np.median(vs))}
+                print(f"| median ratio, {name} ({len(rs)} units) | {c}: {np.median(rs):.2f} (median best {np.median(vs):.1f}) |")
+    return out
+
+
+def noise_table(results: list[dict], noise: str, configs: list[str]) -> dict:
+    """Per unit: each config's last generation's best-scored image read clean (XDream's scoring), and medians."""
+    val = {(r["layer"], r["unit"], SAME.get(r["config"], r["config"])): r["last_gen_best"] for r in results
+           if r["noise"] == noise and r["budget"] == 2000 and r["seed"] == 0}
+    units = sorted({(l, u) for l, u, c in val if c in configs})
+    print(f"| unit ({noise}) | " + " | ".join(configs) + " |")
+    print("|---" * (1 + len(configs)) + "|")
+    for l, u in units:
+        print(f"| {l}[{u}] | " + " | ".join("–" if (l, u, c) not in val else f"{val[(l, u, c)]:.1f}" for c in configs) + " |")
+    common = [k for k in units if all((*k, c) in val for c in configs)]
+    med = {c: float(np.median([val[(*k, c)] for k in common])) for c in configs} if common else {}
+    if common:
+        print(f"| median ({len(common)} units with every config) | " + " | ".join(f"{med[c]:.1f}" for c in configs) + " |")
+    return {"units": [f"{l}[{u}]" for l, u in common], "median_last_gen_best": med,
+            "per_unit": {f"{l}[{u}]|{c}": v for (l, u, c), v in val.items() if c in configs}}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--plan", default="default", help=f"comma-separated configs: {', '.join(CONFIGS)}, mei (white-box reference)")
@@ -227,6 +292,8 @@ def main() -> int:
     ap.add_argument("--mei-steps", type=int, default=256, help="Adam steps of the plan's 'mei' reference runs (the MEI benchmark's)")
     ap.add_argument("--out", default="benchmarks/results/blackbox_vs_whitebox.json")
     ap.add_argument("--table", action="store_true", help="only print the table of --out")
+    ap.add_argument("--compare", default="", help="with --table: comma-separated configs for the per-unit ratio table "
+                    "over issue 14's 10 units and the noise tables (stored in the file's 'comparison' block)")
     ap.add_argument("--merge", default="", help="comma-separated results files whose runs are added to --out (e.g. runs made in parallel)")
     args = ap.parse_args()
 
@@ -256,6 +323,9 @@ def main() -> int:
         for noise in args.noise.split(","):
             for label in args.plan.split(","):
                 for layer, unit in units:
+                    if out.exists():  # another process writing the same file may have run it meanwhile
+                        done |= {(r["layer"], r["unit"], r["config"], r["noise"], r["budget"], r["seed"])
+                                 for r in json.loads(out.read_text())["runs"]}
                     if (layer, unit, label, noise, args.budget, args.seed) in done:
                         continue
                     if label == "mei":
@@ -272,6 +342,16 @@ def main() -> int:
     print_table(t)
     print()
     per_unit(t, results)
+    if args.compare:
+        print()
+        cfgs = args.compare.split(",")
+        comp = {"ratio_to_mei": ratio_table(t, results, cfgs)}
+        for noise in ("poisson20", "poisson5"):
+            print()
+            comp[noise] = noise_table(results, noise, [c for c in cfgs] + ["fdgd", "ga", "nes"])
+        d = json.loads(out.read_text())
+        d["comparison"] = comp
+        out.write_text(json.dumps(d, indent=1))
     return 0
 
 
