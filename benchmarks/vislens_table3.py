@@ -3,16 +3,19 @@
     .venv/bin/python benchmarks/vislens_table3.py            # -> benchmarks/results/vislens_table3.json (+ docs strip)
 
 Units: ``--units`` (layer:channel, centre position), default 3 units in each of blocks.3 and blocks.5
-(the ones issue 19's fix was examined on) plus ``--held-out`` units in blocks.4 and blocks.6 that
-were never looked at while choosing it, read at ``--input-size`` px. Images: random crops of the offline photographs at 32 px (the paper:
-CIFAR-10), upsampled for the target. One standard conv VAE (N(0, I); it does not depend on the
-unit) and, per unit, one structured VAE with the activation prior on its first ``--prior-dims``
-latent dims (a quarter, the plugin's default) and ``--decoded-rounds`` rounds in which the prior
-follows the unit's responses to the VAE's decoded reconstructions (the plugin's default, 1). For each held-out crop, unit and direction:
+(the ones issue 19's fix was examined on) plus ``--held-out`` units in blocks.4 and blocks.6, read at
+``--input-size`` px. Images: random crops of the offline photographs at 32 px (the paper: CIFAR-10),
+upsampled for the target. One standard conv VAE (N(0, I); ``--pretrain-epochs``, with the perceptual
+term on Lite0 ``--perceptual-layer`` features) trained once; per unit, one structured VAE started from
+it, with the activation prior (``--lam``) on its first ``--prior-dims`` latent dims, ``--epochs`` and
+``--decoded-rounds`` rounds in which the prior follows the unit's responses to the decoded
+reconstructions. Every response is scored through the engine. For each held-out crop, unit and direction:
 
 - structured landscape latent modification: ``prior_shift`` (slerp, alpha ``--alpha``);
 - structured landscape gradient descent: ``latent_gradient kld=activation`` (Algorithm 3);
-- standard-VAE gradient descent: ``latent_gradient kld=standard`` on the standard VAE.
+- standard-VAE gradient descent: ``latent_gradient kld=standard`` on the standard VAE;
+- line search: ``prior_shift`` over ``--line-search`` alphas, per crop the edit the engine's
+  objective scored best; its control: the same alphas toward the other prior.
 
 Measures per method: delta r (output - input) in SD of the unit's training responses, against the
 input crop and against the unedited VAE reconstruction (which isolates the edit from decoder blur),
