@@ -1,47 +1,69 @@
 """Does the embedded default beat natural images? For several units of the default CNN layer,
-run the default experiment (diagonal CMA-ES over the 12x12 Fourier code, 2,000 evaluations) and
-compare its best response with the best of the same number of natural-image crops.
+run the default experiment (`stimopt target.unit=U`, its defaults otherwise) and compare its best
+response with the best of as many natural-image crops as it evaluated: the engine's own
+relative-activation measure (``reference.kind=natural_crops reference.n=<budget>``, summary.json's
+``reference`` block, stimopt/reference.py).
 
     .venv/bin/python benchmarks/default_vs_natural.py [--units 0 10 20 30 40] [--budget 2000]
+
+Writes benchmarks/results/default_vs_natural.json (each unit's summary figures, the median ratio,
+the commit and the machine's load).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
-import time
 from pathlib import Path
 
-import torch
-
-from stimopt.config import compose
-from stimopt.experiment import build_run
-from stimopt.natural import natural_crops
+RESULTS = Path(__file__).parent / "results" / "default_vs_natural.json"
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--units", type=int, nargs="+", default=[0, 10, 20, 30, 40])
     ap.add_argument("--budget", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
-    crops = natural_crops(args.budget, size=128, seed=args.seed)
-    ratios = []
-    print(f"| unit | default best | best of {args.budget} natural crops | ratio | wall s |")
+
+    import torch
+
+    from stimopt.config import compose
+    from stimopt.experiment import run_experiment
+
+    torch.set_num_threads(args.threads)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    out = {"script": "benchmarks/default_vs_natural.py", "budget": args.budget, "seed": args.seed, "commit": commit,
+           "threads": args.threads, "load_avg_at_start": os.getloadavg(), "units": []}
+    print(f"| unit | default best | best of {args.budget} natural crops | ratio | loop s |")
     print("|---|---|---|---|---|")
     for unit in args.units:
+        overrides = [f"target.unit={unit}", f"budget={args.budget}", f"seed={args.seed}", "logger=none", "device=cpu",
+                     "reference.kind=natural_crops", f"reference.n={args.budget}"]
         with tempfile.TemporaryDirectory() as d:
-            cfg = compose([f"target.unit={unit}", f"budget={args.budget}", "logger=none", f"seed={args.seed}", "device=cpu"])
-            run = build_run(cfg, Path(d))
-            with torch.inference_mode():
-                natural = max(float(run.target.evaluate(crops[i:i + 100]).max()) for i in range(0, len(crops), 100))
-            t = time.perf_counter()
-            best = run.run().best_response
-            wall = time.perf_counter() - t
-        ratios.append(best / natural)
-        print(f"| {unit} | {best:.3f} | {natural:.3f} | {best / natural:.2f} | {wall:.1f} |")
-    print(f"median ratio default/natural: {statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f})")
+            summary = run_experiment(compose(overrides), Path(d) / "run", progress=False)
+        ref = summary["reference"]
+        row = {"unit": unit, "best_response": summary["best_response"], "best_natural": ref["best_natural"],
+               "ratio": ref["relative_activation"], "loop_s": summary["loop_s"], "optimizer": summary["optimizer"],
+               "generator": summary["generator"], "overrides": overrides}
+        out["units"].append(row)
+        print(f"| {unit} | {row['best_response']:.3f} | {row['best_natural']:.3f} | {row['ratio']:.2f} | {row['loop_s']:.1f} |",
+              flush=True)
+    ratios = [r["ratio"] for r in out["units"]]
+    out["median_ratio"], out["min_ratio"], out["max_ratio"] = statistics.median(ratios), min(ratios), max(ratios)
+    out["load_avg_at_end"] = os.getloadavg()
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    print(f"median ratio default/natural: {out['median_ratio']:.2f} (min {min(ratios):.2f}, max {max(ratios):.2f}) "
+          f"-> {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.exit(main())
