@@ -119,7 +119,7 @@ def test_mei_refuses_what_it_cannot_use(tmp_path):
 
     tiny = ["logger=none", "device=cpu", "target.model=resnet18", "target.weights=random", "target.layer=layer1",
             "target.input_size=16", "generator.size=16", "budget=10", "batch_size=2"]
-    run = build_run(compose([*tiny, "optimizer=mei"]), tmp_path / "fourier")  # the default generator: fourier
+    run = build_run(compose([*tiny, "generator.n_freq=8", "optimizer=mei"]), tmp_path / "fourier")  # the default generator: fourier
     assert run.optimizer.mode == "codes"  # the generator is the parametrization there
     run = build_run(compose([*tiny, "experiment=mei"]), tmp_path / "pixels")
     assert run.optimizer.mode == "image" and run.optimizer.resolution == 16
