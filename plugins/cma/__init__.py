@@ -31,8 +31,8 @@ import stimopt
 from stimopt.errors import StimoptError
 
 BOUNDS = ("clip", "transform")
-SAMPLERS = ("vd", "vkd")
-ADAPT_SIGMA = ("tpa", "csa")  # pycma's step-size rules: two-point adaptation (its choice from 300 dimensions on), cumulative  # pycma's restricted Gaussian samplers: VD-CMA (diagonal + one direction), VkD-CMA (k directions)
+SAMPLERS = ("vd", "vkd")  # pycma's restricted Gaussian samplers: VD-CMA (diagonal + one direction), VkD-CMA (k directions)
+ADAPT_SIGMA = ("tpa", "csa")  # pycma's step-size rules: two-point adaptation (its choice from 300 dimensions on), cumulative
 
 
 class CMAES(stimopt.Optimizer):
