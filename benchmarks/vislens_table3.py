@@ -41,6 +41,7 @@ from stimopt.natural import natural_crops
 from stimopt.objective import Objective
 from stimopt_plugins.cnn import CNNUnit
 from stimopt_plugins.vislens import ImageVAEGenerator, LatentGradient, PriorShift
+from stimopt_plugins.vislens.contrast import train_contrast
 from stimopt_plugins.vislens.fit import score_through_engine
 from stimopt_plugins.vislens.vae import ConvVAE, FeatureLoss, PriorSpec, encode_means, landscape_report, save_landscape, train_landscape
 
@@ -63,7 +64,7 @@ def lite0_features(size):
     return feats
 
 
-def fit(prior, x, r, args, path, refs, init=None, perceptual=None, score_decoded=None):
+def fit(prior, x, r, args, path, refs, init=None, perceptual=None, score_decoded=None, on_round=None, contrast=None):
     """A conv VAE on x (responses r): ``init`` (a fitted VAE) starts it, ``perceptual`` adds the
     feature term to the reconstruction loss; the standard VAE trains ``--pretrain-epochs`` from
     scratch, a structured one ``--epochs`` from ``init``."""
@@ -72,12 +73,16 @@ def fit(prior, x, r, args, path, refs, init=None, perceptual=None, score_decoded
     pd = None if not args.prior_dims else args.prior_dims if args.prior_dims < 1 else int(args.prior_dims)
     spec = PriorSpec(prior=prior, latent_dim=args.latent_dim, prior_dims=pd, lam=args.lam)
     spec.fit_normalization(r)
-    model = ConvVAE(32, args.latent_dim) if init is None else copy.deepcopy(init)
+    model = ConvVAE(args.image_size, args.latent_dim) if init is None else copy.deepcopy(init)
     rounds = args.decoded_rounds if prior == "activation" else 0
     epochs = args.pretrain_epochs if init is None else args.epochs
-    train_landscape(model, x, r, spec, decoded_rounds=rounds, score_decoded=score_decoded, epochs=epochs, lr=args.lr,
-                    w_kld=args.w_kld, w_recon=args.w_recon, batch_size=64, seed=0, perceptual=perceptual,
-                    w_perceptual=args.w_perceptual if perceptual is not None else 0.0)
+    _, used = train_landscape(model, x, r, spec, decoded_rounds=rounds, score_decoded=score_decoded, on_round=on_round, epochs=epochs,
+                              lr=args.lr, w_kld=args.w_kld, w_recon=args.w_recon, batch_size=64, seed=0, perceptual=perceptual,
+                              w_perceptual=args.w_perceptual if perceptual is not None else 0.0)
+    if contrast is not None and prior == "activation" and args.contrast_weight > 0:  # stimopt's decoder-side term (off by default)
+        contrast(model, x, used, spec)
+        if on_round is not None:
+            on_round(rounds + 1, model, used)
     save_landscape(path, model, spec, references={
         "images": (refs * 255).round().to(torch.uint8), "codes": encode_means(model, refs), "responses": torch.zeros(len(refs)),
         "embeddings": None})
@@ -131,7 +136,7 @@ def strip(path, rows):
     Image.fromarray((grid.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
 
 
-def main():
+def parser():
     ap = argparse.ArgumentParser()
     ap.add_argument("--units", default="blocks.3:10,blocks.3:20,blocks.3:30,blocks.5:5,blocks.5:15,blocks.5:25")
     ap.add_argument("--held-out", default="blocks.4:7,blocks.6:11",
@@ -139,6 +144,7 @@ def main():
     ap.add_argument("--n-train", type=int, default=800)
     ap.add_argument("--n-test", type=int, default=16)
     ap.add_argument("--input-size", type=int, default=64)
+    ap.add_argument("--image-size", type=int, default=32, help="px of the VAE's images (the paper: CIFAR-10's 32)")
     ap.add_argument("--pretrain-epochs", type=int, default=20, help="epochs of the standard VAE (shared; it starts every structured one)")
     ap.add_argument("--epochs", type=int, default=10, help="epochs of each unit's structured VAE, from the standard one")
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -151,13 +157,44 @@ def main():
     ap.add_argument("--perceptual-layer", default="blocks.1", help="Lite0 layer of the perceptual reconstruction term ('' = pixel MSE only)")
     ap.add_argument("--perceptual-size", type=int, default=32, help="px the perceptual term's network reads (32: the VAE's own pixels)")
     ap.add_argument("--w-perceptual", type=float, default=2e-3)
+    ap.add_argument("--contrast-weight", type=float, default=10.0, help="stimopt's decoder-side contrast term (plugins/vislens/contrast.py; 0 = off: the paper's VAE, the third pass)")
+    ap.add_argument("--contrast-epochs", type=int, default=3, help="epochs of the contrast phase after the structured fit")
+    ap.add_argument("--contrast-items", type=int, default=256, help="training crops per contrast epoch (a random subset; 3 target passes each)")
     ap.add_argument("--alpha", type=float, default=1.0)
     ap.add_argument("--line-search", default="0.25,0.5,0.75,1", help="alphas of the line-search latent modification ('' = skip); "
                     "the control searches the same alphas toward the other prior")
     ap.add_argument("--steps", type=int, default=10, help="Adam steps of latent_gradient (paper: 10,000)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "vislens_table3.json"))
     ap.add_argument("--strip", default=str(ROOT / "docs" / "vislens_strip.png"))
-    args = ap.parse_args()
+    ap.add_argument("--merge", default="", help="comma-separated results files of this script (same settings, other units) to "
+                    "combine into --out (units in the order given, means and orderings recomputed); nothing is run")
+    return ap
+
+
+def merge(args):
+    docs = [json.loads(Path(f).read_text()) for f in args.merge.split(",") if f]
+    keep = ("units", "held_out", "out", "strip", "merge")
+    for d in docs[1:]:
+        diff = {k for k in d["config"] if k not in keep and d["config"][k] != docs[0]["config"].get(k)}
+        if diff:
+            raise SystemExit(f"cannot merge runs of different settings: {sorted(diff)}")
+    results = [u for d in docs for u in d["units"]]
+    summary = summarize(results)
+    doc = {"config": docs[0]["config"] | {"units": ",".join(u["unit"] for u in results if not u["held_out"]),
+                                          "held_out": ",".join(u["unit"] for u in results if u["held_out"]),
+                                          "out": os.path.relpath(args.out, ROOT), "merged_from_runs": len(docs)},
+           "units": results, "mean": summary["mean"], "orderings": summary["orderings"], "right_way": summary["right_way"],
+           "paper": PAPER, "load_avg_per_unit": [x for d in docs for x in d["load_avg_per_unit"]],
+           "wall_s": sum(d["wall_s"] for d in docs), "wall_s_per_run": [d["wall_s"] for d in docs],
+           "complete": all(d["complete"] for d in docs)}
+    Path(args.out).write_text(json.dumps(doc, indent=1))
+    print(json.dumps({"mean": summary["mean"], "orderings": summary["orderings"], "right_way": summary["right_way"]}, indent=1))
+
+
+def main():
+    args = parser().parse_args()
+    if args.merge:
+        return merge(args)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     log = lambda msg: print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", file=sys.stderr, flush=True)  # noqa: E731
@@ -165,7 +202,7 @@ def main():
     torch.manual_seed(0)
     feats = lite0_features(args.input_size)
     crops = natural_crops(args.n_train + args.n_test, 128, seed=0)
-    small = F.interpolate(crops, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
+    small = F.interpolate(crops, size=(args.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
     x_in = F.interpolate(small, size=(args.input_size,) * 2, mode="bilinear", align_corners=False)  # what the VAE can see
     up = lambda v: F.interpolate(v, size=(args.input_size,) * 2, mode="bilinear", align_corners=False)  # noqa: E731
     tr, te = slice(0, args.n_train), slice(args.n_train, None)
@@ -186,15 +223,23 @@ def main():
             sd = float(r[tr].std())
             with torch.no_grad():
                 r_std_rec = scored(target, up(std_vae.decode(encode_means(std_vae, small[te]))), f"std_recon{k}")
+            contrast = lambda model, xs, used, spec, _k=k: row_contrast.extend(train_contrast(  # noqa: E731
+                model, xs, used, spec, target, Path(tmp) / f"contrast{_k}", weight=args.contrast_weight, epochs=args.contrast_epochs,
+                items_per_epoch=args.contrast_items, size=args.input_size, lr=args.lr, w_kld=args.w_kld, w_recon=args.w_recon,
+                perceptual=perceptual, w_perceptual=args.w_perceptual if perceptual is not None else 0.0))
+            row_contrast = []
             rep, vae = fit("activation", small[tr], r[tr], args, Path(tmp) / "s.pt", small[te], init=std_vae, perceptual=perceptual,
-                           score_decoded=lambda rec, _k=k: scored(target, up(rec), f"decoded{_k}"))
+                           score_decoded=lambda rec, _k=k: scored(target, up(rec), f"decoded{_k}"), contrast=contrast)
             g = ImageVAEGenerator(str(Path(tmp) / "s.pt"), size=args.input_size, device="cpu")
             r_rec = scored(target, g.generate(g.space.landscape.reference_codes), f"recon{k}")
             r_rec_std = scored(target, g_std.generate(g_std.space.landscape.reference_codes), f"recon_std{k}")
             log(f"{u}: structured VAE fit, separation AUC {rep['separation_auc']:.3f}")
             row = {"unit": u, "held_out": held_out, "response_sd": sd, "separation_auc_train": rep["separation_auc"],
                    "recon_r2_train": rep["recon_r2"], "recon_response_corr_test": float(np.corrcoef(r_rec, r[te])[0, 1]),
-                   "standard_recon_response_corr_test": float(np.corrcoef(r_std_rec, r[te])[0, 1])}
+                   "standard_recon_response_corr_test": float(np.corrcoef(r_std_rec, r[te])[0, 1]),
+                   "decoded_axis_corr_test": float(np.corrcoef(r_rec, g.space.landscape.reference_codes[:, g.space.landscape.mask > 0].sum(1))[0, 1])}
+            if row_contrast:
+                row["contrast_epochs"] = row_contrast
             outs = {}
             for direction, sign in (("max", 1), ("min", -1)):
                 methods = {

@@ -378,3 +378,79 @@ def test_fit_starts_from_a_fitted_vae(tmp_path):
     assert rep["val"]["recon_mse"] < cold["val"]["recon_mse"]
     with pytest.raises(StimoptError, match="model.init"):
         run_fit(compose_fit([*common, "model.latent_dim=4", "model.epochs=1", f"model.init={std['checkpoint']}"]), tmp_path / "bad")
+
+
+class _FrozenRed(stimopt.Target):
+    """Mean red minus mean blue, but not differentiable (a rig-like target) for the contrast term's refusal."""
+
+    def evaluate(self, images):
+        return (images[:, 0].mean((1, 2)) - images[:, 2].mean((1, 2))).detach()
+
+
+@pytest.mark.slow
+def test_contrast_term_makes_the_prior_axis_move_the_decoded_response(tmp_path):
+    """model.contrast (stimopt's addition): after the contrast phase, setting a code's prior dims to
+    mu_pos raises and mu_neg lowers the decoded image's response to the planted target, on items the
+    phase never saw; every target pass is an engine evaluation, recorded."""
+    from stimopt.natural import natural_crops
+    from stimopt.store import RunStore
+    from stimopt_plugins.vislens.contrast import train_contrast
+
+    torch.manual_seed(0)
+    imgs = natural_crops(160, 16, seed=3)
+    x, held = imgs[:128], imgs[128:]
+    r = PlantedTarget().evaluate(x).numpy()
+    spec = PriorSpec(latent_dim=8, prior_dims=2, lam=0.2)
+    spec.fit_normalization(r)
+    model = ConvVAE(16, 8)
+    std = PriorSpec(prior="standard", latent_dim=8)  # the prior dims start unrelated to the response
+    train_vae(model, x, r, std, epochs=6, lr=3e-3, w_recon=1 / 768, w_kld=1e-2, batch_size=64)
+
+    @torch.no_grad()
+    def gaps():
+        z = encode_means(model, held)
+        zp, zn = z.clone(), z.clone()
+        zp[:, :2], zn[:, :2] = 1.0, -1.0
+        t = PlantedTarget()
+        rec, pos, neg = (t.evaluate(model.decode(c)) for c in (z, zp, zn))
+        return float((pos - rec).mean()), float((rec - neg).mean()), float((pos > rec).float().mean()), float((neg < rec).float().mean())
+
+    before = gaps()
+    hist = train_contrast(model, x, r, spec, PlantedTarget(), tmp_path / "contrast", weight=200.0, epochs=4, items_per_epoch=96,
+                          size=16, lr=3e-3, w_recon=1 / 768, w_kld=1e-2, batch_size=32)
+    after = gaps()
+    assert len(hist) == 4 and hist[-1]["contrast"] < hist[0]["contrast"]
+    sd = float(r.std())
+    assert after[0] > 0.2 * sd and after[1] > 0.2 * sd and after[2] >= 0.8 and after[3] >= 0.8, (before, after, sd)
+    assert after[0] + after[1] > before[0] + before[1] + 0.4 * sd
+    store = RunStore(tmp_path / "contrast" / "evaluations.sqlite")
+    assert len(store.responses()) == 3 * 96 * 4 + 1  # three passes per item and epoch, plus the run's one returned code
+    store.close()
+    with pytest.raises(StimoptError, match="differentiable target"):
+        train_contrast(model, x, r, spec, _FrozenRed(), tmp_path / "c2", epochs=1)
+    with pytest.raises(StimoptError, match="activation prior"):
+        train_contrast(model, x, r, std, PlantedTarget(), tmp_path / "c3", epochs=1)
+
+
+@pytest.mark.slow
+def test_fit_with_the_contrast_term_scores_its_passes_through_the_engine(tmp_path):
+    """model.contrast in stimopt-fit: the phase runs after Algorithm 1, its target passes are on
+    record in contrast/, and a recorded response table (nothing to score decoded images) is refused in one line."""
+    from stimopt.fit import compose_fit, run_fit
+    from stimopt.store import RunStore
+
+    common = ["model=vislens_vae", "model.kind=image", "model.latent_dim=8", "model.image_size=16", "model.target_size=32",
+              "model.n_images=40", "model.epochs=1", "model.lr=1e-3", "model.n_references=4", "model.target.model=resnet18",
+              "model.target.weights=random", "model.target.layer=layer2", "model.target.input_size=32", "device=cpu",
+              "model.contrast.weight=1", "model.contrast.epochs=2", "model.contrast.items=12", "model.batch_size=8"]
+    rep = run_fit(compose_fit(common), tmp_path / "fit")
+    assert rep["contrast"] == "1 x 2 epochs"
+    store = RunStore(tmp_path / "fit" / "contrast" / "evaluations.sqlite")
+    assert len(store.responses()) == 2 * 3 * 12 + 1
+    store.close()
+    imgs = torch.rand(20, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    np.savez(tmp_path / "imgs.npz", images=(imgs.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))
+    np.savez(tmp_path / "resp.npz", responses=np.random.default_rng(0).normal(size=(20, 1)))
+    with pytest.raises(StimoptError, match="model.contrast needs"):
+        run_fit(compose_fit([*common, f"model.images={tmp_path / 'imgs.npz'}", f"model.responses={tmp_path / 'resp.npz'}",
+                             "model.target_size=16"]), tmp_path / "bad")

@@ -251,12 +251,24 @@ def fit_vislens_vae(cfg, out_dir: Path) -> dict:
         w_kld=float(m.w_kld), seed=seed, device=device, perceptual=perceptual,
         w_perceptual=float(m.perceptual.weight) if perceptual is not None else 0.0,
     )
+    contrast = m.get("contrast") or {}
+    if float(contrast.get("weight", 0) or 0) > 0:  # stimopt's decoder-side term (not the paper's; off by default)
+        if kind != "image" or target is None:
+            raise StimoptError("model.contrast needs model.kind=image and a target to score decoded images (a recorded response table has none): set model.contrast.weight=0")
+        from stimopt_plugins.vislens.contrast import train_contrast
+
+        history += [dict(h, epoch=len(history) + i, contrast_phase=True) for i, h in enumerate(train_contrast(
+            model, x[train].to(device), r_prior, spec, target, out_dir / "contrast", weight=float(contrast.weight),
+            epochs=int(contrast.get("epochs", 3)), items_per_epoch=contrast.get("items"), size=size, batch_size=int(m.batch_size),
+            lr=float(m.lr), w_recon=float(m.w_recon), w_kld=float(m.w_kld), grad_clip=float(m.grad_clip), seed=seed,
+            perceptual=perceptual, w_perceptual=float(m.perceptual.weight) if perceptual is not None else 0.0))]
     model.cpu()
     report = {
         "kind": kind, "prior": spec.prior, "latent_dim": spec.latent_dim, "n_train": int(len(train)), "n_val": int(n_val),
         "images": str(source), "target": described,
         "loss_first_epoch": history[0]["loss"] if history else None, "loss_last_epoch": history[-1]["loss"] if history else None,
         "decoded_rounds": rounds, "init": str(m.init) if m.get("init") else None,
+        "contrast": (f"{float(contrast.weight):g} x {int(contrast.get('epochs', 3))} epochs" if float(contrast.get("weight", 0) or 0) > 0 else None),
         "perceptual": None if perceptual is None else f"{perceptual.describe()} x {float(m.perceptual.weight):g}",
         "train": landscape_report(model, x[train], r[train.numpy()], spec),
         "val": landscape_report(model, x[val], r[val.numpy()], spec),

@@ -347,7 +347,7 @@ def train_vae(
 
 
 def train_landscape(model, x: torch.Tensor, r: np.ndarray, spec: PriorSpec, *, decoded_rounds: int = 0,
-                    score_decoded=None, **train_kw) -> tuple[list[dict], np.ndarray]:
+                    score_decoded=None, on_round=None, **train_kw) -> tuple[list[dict], np.ndarray]:
     """Algorithm 1, then ``decoded_rounds`` rounds in which the prior follows the responses to the
     VAE's own *decoded* reconstructions: ``score_decoded(images) -> [N]`` scores decode(encode(x))
     (through the engine, in a fit), the normalization is refit to those responses and training goes
@@ -358,9 +358,15 @@ def train_landscape(model, x: torch.Tensor, r: np.ndarray, spec: PriorSpec, *, d
     response to its input on Lite0 units), so a prior laid out by the inputs' responses orders the
     latent by something the decoder never shows. Laying it out by the decoded images' responses
     makes "toward mu_pos" mean "toward codes whose decoded images respond more".
+
+    ``on_round(k, model, used)``, if given, is called after Algorithm 1 (k 0) and after each
+    decoded round k with the responses that round's prior used (benchmarks read the landscape
+    round by round with it).
     """
     history = train_vae(model, x, r, spec, **train_kw)
     used = np.asarray(r, dtype=np.float64)
+    if on_round is not None:
+        on_round(0, model, used)
     for k in range(int(decoded_rounds)):
         if score_decoded is None:
             raise StimoptError("decoded_rounds > 0 needs a target to score the decoded images (a recorded response table has none: set model.decoded_rounds=0)")
@@ -371,6 +377,8 @@ def train_landscape(model, x: torch.Tensor, r: np.ndarray, spec: PriorSpec, *, d
         spec.fit_normalization(used)
         kw = dict(train_kw, epochs=max(1, int(train_kw.get("epochs", 150)) // 2), seed=int(train_kw.get("seed", 0)) + 1 + k)
         history += [dict(h, epoch=len(history) + i, decoded_round=k + 1) for i, h in enumerate(train_vae(model, x, used, spec, **kw))]
+        if on_round is not None:
+            on_round(k + 1, model, used)
     return history, used
 
 
