@@ -29,13 +29,19 @@ class CodeSpace:
 
 @dataclass(frozen=True)
 class ContinuousSpace(CodeSpace):
-    """A box (or unbounded) subset of R^dim. ``init_std`` is the natural scale of a code."""
+    """A box (or unbounded) subset of R^dim. ``init_std`` is the natural scale of a code.
+
+    ``levels`` (optional): each coordinate's level of detail (0 = coarsest), for generators whose
+    coordinates differ in spatial scale; an optimizer may search the coordinates of low level
+    first and add the finer ones later (coarse-to-fine). ``None``: all coordinates alike.
+    """
 
     dim: int
     low: float | None = None
     high: float | None = None
     init_mean: float = 0.0
     init_std: float = 1.0
+    levels: tuple[int, ...] | None = field(default=None, repr=False)
     kind: ClassVar[str] = "continuous"
 
     def clip(self, codes: np.ndarray) -> np.ndarray:

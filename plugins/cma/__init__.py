@@ -39,7 +39,12 @@ class CMAES(stimopt.Optimizer):
     accepts = (stimopt.ContinuousSpace,)
 
     def __init__(self, diagonal: bool = True, sigma0: float = 1.0, bounds: str = "clip", elitist: bool = False,
-                 options: dict | None = None, sampler: str | None = None, adapt_sigma: str | None = None):
+                 options: dict | None = None, sampler: str | None = None, adapt_sigma: str | None = None,
+                 coarse_to_fine: list | None = None, coarse_to_fine_at: list | None = None, coarse_to_fine_step: float | None = None):
+        # coarse-to-fine (plugins/cma/progressive.py): search the code space's levels below coarse_to_fine[i] until
+        # coarse_to_fine_at[i] of the budget, then all coordinates; null: off
+        self.coarse_to_fine = list(coarse_to_fine) if coarse_to_fine else None
+        self.coarse_to_fine_at, self.coarse_to_fine_step = list(coarse_to_fine_at or []), coarse_to_fine_step
         if adapt_sigma is not None and adapt_sigma not in ADAPT_SIGMA:
             raise StimoptError(f"cmaes.adapt_sigma must be null (pycma's choice) or one of {', '.join(ADAPT_SIGMA)}, got '{adapt_sigma}'")
         self.adapt_sigma = adapt_sigma
@@ -90,7 +95,13 @@ class CMAES(stimopt.Optimizer):
         x0 = np.full(space.dim, space.init_mean, dtype=np.float64)
         if bounded:  # pycma's BoundTransform wants x0 inside the box
             x0 = np.clip(x0, space.low if space.low is not None else -np.inf, space.high if space.high is not None else np.inf)
-        self.es = cma.CMAEvolutionStrategy(x0, self.sigma0 * space.init_std, opts)
+        if self.coarse_to_fine:
+            from . import progressive
+
+            plan = progressive.stages(space.levels, self.coarse_to_fine, self.coarse_to_fine_at, self.budget, popsize)
+            self.es = progressive.ProgressiveES(x0, self.sigma0 * space.init_std, opts, plan, self.coarse_to_fine_step)
+        else:
+            self.es = cma.CMAEvolutionStrategy(x0, self.sigma0 * space.init_std, opts)
         self._clip = bounded and self.bounds == "clip"
         self._pending: list = []
         self._told: list[np.ndarray] = []  # raw scores of each generation (NaN: missing)

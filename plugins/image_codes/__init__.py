@@ -89,6 +89,7 @@ class FourierGenerator(_TorchGenerator):
     ``contrast`` (null: off) rescales each image's pre-sigmoid map to that standard deviation
     (over its pixels and channels): the code then sets only the pattern, never how strong it is,
     so a search need not spend generations growing the code's norm to reach a high-contrast image.
+    The code space's ``levels`` give each coefficient's frequency band (max of its two frequencies).
     """
 
     def __init__(self, size: int = 128, n_freq: int = 12, decay: float = 1.0, gain: float = 4.0, device: str = "auto",
@@ -107,7 +108,11 @@ class FourierGenerator(_TorchGenerator):
         radius = torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
         self.scale = (gain / (1.0 + radius) ** decay).to(self.device)
         self.mix = (COLOR_MIX * torch.tensor([1.0, self.opponent, self.opponent])).to(self.device)
-        self._space = stimopt.ContinuousSpace(dim=3 * self.n_freq**2, init_mean=0.0, init_std=1.0)
+        # each coefficient's level: the larger of its two frequencies, so the levels below L are the
+        # code of an L x L Fourier generator (the coarse part that a coarse-to-fine search starts with)
+        level = np.maximum.outer(np.arange(self.n_freq), np.arange(self.n_freq))
+        self._space = stimopt.ContinuousSpace(dim=3 * self.n_freq**2, init_mean=0.0, init_std=1.0,
+                                              levels=tuple(np.tile(level.ravel(), 3).tolist()))
 
     @property
     def space(self):
