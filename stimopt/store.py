@@ -56,6 +56,11 @@ CREATE TABLE IF NOT EXISTS generations (
 );
 CREATE TABLE IF NOT EXISTS checkpoint (id INTEGER PRIMARY KEY CHECK (id = 0), generation INTEGER, state BLOB);
 """
+#: WAL pages (4 kB) before SQLite copies the WAL into the database file (its default: 1,000). Durability does
+#: not depend on it (every commit is in the WAL, fsynced with synchronous=FULL); the copy rewrites each page once
+#: per checkpoint and fsyncs both files, so fewer checkpoints are less work, and a 2,000-evaluation run of
+#: 1,728-dim codes (~14 MB) has none in its loop: closing the store does the one copy.
+WAL_CHECKPOINT_PAGES = 16384
 ADDED_COLUMNS = {"kind": "TEXT", "trials": "TEXT"}  # a store written before them gains them (NULL: a stimulus)
 STIMULI = "kind IS NULL"
 
@@ -109,6 +114,7 @@ class RunStore:
         self.db = sqlite3.connect(str(self.path), isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={synchronous}")
+        self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         self.db.executescript(SCHEMA)
         have = {r[1] for r in self.db.execute("PRAGMA table_info(evaluations)")}
         for column, type_ in ADDED_COLUMNS.items():

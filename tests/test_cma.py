@@ -63,7 +63,7 @@ def test_missing_scores_get_the_worst_finite_score_and_pycma_never_sees_nan():
     told = []
     opt.setup(space, seed=0, budget=400, batch_size=20)
     real_tell = opt.es.tell
-    opt.es.tell = lambda X, f: (told.append(np.array(f)), real_tell(X, f))
+    opt.es.tell = lambda X, f, **kw: (told.append(np.array(f)), real_tell(X, f, **kw))
     codes = opt.ask(20)
     s = sphere(codes)
     s[[2, 7]] = np.nan

@@ -103,6 +103,15 @@ class CMAES(stimopt.Optimizer):
         else:
             self.es = cma.CMAEvolutionStrategy(x0, self.sigma0 * space.init_std, opts)
         self._clip = bounded and self.bounds == "clip"
+        # pycma files every asked solution in a dict keyed by a hash of its bytes (~100 hashes of 14 kB a generation
+        # at 1,728 dims) only to look its genotype up again in tell. Without a transformation (no BoundTransform, no
+        # fixed variables) and without elitism (which reads the archived genotype) the genotype is the solution
+        # itself: pycma's empty archive then, and tell skips the repair it applies to unknown solutions (a no-op
+        # on its own samples): the same draws and updates, bit for bit.
+        self._lean = (type(self.es) is cma.CMAEvolutionStrategy and self.es.gp.isidentity and not self.es.opts["CMA_elitist"]
+                      and not self.es.boundary_handler.has_bounds())
+        if self._lean:
+            self.es.sent_solutions = cma.evolution_strategy.get_CMASolutionDict(False)()
         self._pending: list = []
         self._told: list[np.ndarray] = []  # raw scores of each generation (NaN: missing)
         self._crcs: list[int] = []
@@ -113,9 +122,11 @@ class CMAES(stimopt.Optimizer):
         if n > self._args[2]:
             raise StimoptError(f"cmaes was asked for {n} codes but its population is {self._args[2]} (= batch_size)")
         self._pending = self.es.ask()  # the whole population; a short last batch uses its first n
-        codes = np.asarray(self._pending[:n])
-        codes = (self.space.clip(codes) if self._clip else codes).astype(np.float32)
-        self._crc = zlib.crc32(np.ascontiguousarray(codes).tobytes())
+        if self._clip:
+            codes = self.space.clip(np.asarray(self._pending[:n])).astype(np.float32)
+        else:
+            codes = np.array(self._pending[:n], dtype=np.float32)  # one copy, straight to float32
+        self._crc = zlib.crc32(codes)  # C-contiguous: the CRC reads its buffer (no bytes copy)
         return codes
 
     def tell(self, codes, scores):
@@ -125,7 +136,7 @@ class CMAES(stimopt.Optimizer):
         ok = np.isfinite(full)
         if ok.any():
             loss = np.where(ok, -full, np.max(-full[ok]))  # missing: the worst finite score of the generation
-            self.es.tell(self._pending, loss.tolist())
+            self.es.tell(self._pending, loss.tolist(), check_points=False if self._lean else None)
         else:
             self.n_untold += 1
         self._pending = []
