@@ -84,6 +84,12 @@ CONFIGS = {  # label -> overrides on top of the embedded default (cmaes on fouri
                            "optimizer.coarse_to_fine_step=1.0"],
     "c2f-12-a30-s1": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=24", "optimizer.sigma0=0.5",
                       "optimizer.coarse_to_fine=[12]", "optimizer.coarse_to_fine_at=[0.3]", "optimizer.coarse_to_fine_step=1.0"],
+    "c2f-12-a30-sig1-s05": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=24", "optimizer.sigma0=1.0",
+                            "optimizer.coarse_to_fine=[12]", "optimizer.coarse_to_fine_at=[0.3]", "optimizer.coarse_to_fine_step=0.5"],
+    "c2f-12-a50-s1": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=24", "optimizer.sigma0=0.5",
+                      "optimizer.coarse_to_fine=[12]", "optimizer.coarse_to_fine_at=[0.5]", "optimizer.coarse_to_fine_step=1.0"],
+    "nf24-cmean2": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=24", "optimizer.sigma0=0.5",
+                    "+optimizer.options.CMA_cmean=2.0"],
     "nf24-noactive": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=24", "optimizer.sigma0=0.5",
                       "+optimizer.options.CMA_active=false"],
     # the other optimizers on the 12 x 12, gain 1 code (the fourier defaults when they were run), pinned
@@ -99,6 +105,10 @@ CONFIGS = {  # label -> overrides on top of the embedded default (cmaes on fouri
     "noisy-csa": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=24", "optimizer.sigma0=0.5", "optimizer.adapt_sigma=csa"],
     "noisy-rep4": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=24", "optimizer.sigma0=0.5", "noise.repeats=4", "budget_counts=presentations"],
     "noisy-nf12": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=12", "optimizer.sigma0=0.5"],
+    "noisy-nf8": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=8", "optimizer.sigma0=0.5"],
+    "noisy-nf6": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=6", "optimizer.sigma0=0.5"],
+    "noisy-nf8-pop40": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=8", "optimizer.sigma0=0.5", "batch_size=40"],
+    "noisy-preset": ["experiment=noisy"],  # plugins/cma/conf/experiment/noisy.yaml (= noisy-nf8)
     # white-box references: Adam on the codes through the differentiable objective
     "wb-fourier": ["optimizer=latent_gradient", "optimizer.kld=none", "optimizer.init=random", "batch_size=4",
                    "optimizer.steps_per_ask=50", "optimizer.lr=0.05", *FOURIER_OLD],
