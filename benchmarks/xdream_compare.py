@@ -83,7 +83,7 @@ OPTIMIZERS = {  # optimizer label -> overrides (XDream's defaults for ga/nes/fdg
 #: a later change of default cannot change a cell. Where the class does not take one yet, the run drops it
 #: (``~key``): the option absent is the same code.
 LATE_PINS = {"fourier": ["++generator.opponent=1.0", "++generator.contrast=null"],
-             "cmaes": ["++optimizer.sampler=null", "++optimizer.adapt_sigma=null"]}
+             "cmaes": ["++optimizer.sampler=null", "++optimizer.adapt_sigma=null", "++optimizer.coarse_to_fine=null"]}
 NOISES = {"none": [], "poisson20": ["target.relu=true", "noise=poisson", "noise.expected_max_spikes=20",
                                     "noise.repeats=1", "noise.calibration_images=2500"]}
 MAIN = ("ga", "nes", "fdgd", "cmaes")
