@@ -1,6 +1,7 @@
 """Coarse-to-fine CMA-ES (optimizer.coarse_to_fine) on the code space's levels (plugins/cma/progressive.py)."""
 from __future__ import annotations
 
+import cma  # noqa: F401  pycma's import (seconds on a loaded core) is paid at collection, not by the first test
 import numpy as np
 import pytest
 import torch
