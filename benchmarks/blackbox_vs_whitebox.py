@@ -90,6 +90,10 @@ CONFIGS = {  # label -> overrides on top of the embedded default (cmaes on fouri
                       "optimizer.coarse_to_fine=[12]", "optimizer.coarse_to_fine_at=[0.5]", "optimizer.coarse_to_fine_step=1.0"],
     "nf24-cmean2": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=24", "optimizer.sigma0=0.5",
                     "+optimizer.options.CMA_cmean=2.0"],
+    "nf24-tpa05": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=24", "optimizer.sigma0=0.5",
+                   "+optimizer.options.TPA_dampfac=0.5"],
+    "nf24-tpa2": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=24", "optimizer.sigma0=0.5",
+                  "+optimizer.options.TPA_dampfac=2.0"],
     "nf24-noactive": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=24", "optimizer.sigma0=0.5",
                       "+optimizer.options.CMA_active=false"],
     # the other optimizers on the 12 x 12, gain 1 code (the fourier defaults when they were run), pinned
