@@ -9,7 +9,10 @@ upsampled for the target. One standard conv VAE (N(0, I); ``--pretrain-epochs``,
 term on Lite0 ``--perceptual-layer`` features) trained once; per unit, one structured VAE started from
 it, with the activation prior (``--lam``) on its first ``--prior-dims`` latent dims, ``--epochs`` and
 ``--decoded-rounds`` rounds in which the prior follows the unit's responses to the decoded
-reconstructions. Every response is scored through the engine. For each held-out crop, unit and direction:
+reconstructions, then (``--contrast-weight`` > 0, the default 10; 0 = the third pass, the paper's VAE)
+``--contrast-epochs`` of stimopt's decoder-side contrast term (plugins/vislens/contrast.py: the decoded
+response at mu_pos above, at mu_neg below the reconstruction's, on training crops; not the paper's).
+Every response is scored through the engine. For each held-out crop, unit and direction:
 
 - structured landscape latent modification: ``prior_shift`` (slerp, alpha ``--alpha``);
 - structured landscape gradient descent: ``latent_gradient kld=activation`` (Algorithm 3);

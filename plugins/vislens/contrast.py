@@ -4,7 +4,7 @@ the paper's method, and off unless asked for (``model.contrast.weight`` > 0).
 Why: the latent modification is read on *decoded* images. With the activation prior on a few
 dims and N(0, 1) on the rest, the content dims already describe the image, so the decoder may
 ignore the prior dims: even after decoded rounds, where codes whose decoded images respond more do
-sit toward mu_pos (correlation 0.45-0.72 on Lite0 units), setting a code's prior dims to mu_pos or
+sit toward mu_pos (correlation 0.44-0.72 on Lite0 units after 3 rounds), setting a code's prior dims to mu_pos or
 mu_neg hardly changes the decoded image's response, and its sign is close to chance. Correlation
 along the axis is not a causal effect of the axis.
 
