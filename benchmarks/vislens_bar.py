@@ -64,7 +64,7 @@ def main():
     probe = slice(0, args.n_probe)
     n = args.n_test
     perceptual = FeatureLoss("efficientnet_lite0", args.perceptual_layer, args.perceptual_size) if args.perceptual_layer else None
-    units, doc = [u for u in args.units.split(",") if u], {"config": vars(args) | {"out": os.path.relpath(args.out, ROOT)}, "units": []}
+    units, doc = [u for u in args.units.split(",") if u], {"config": vars(args) | {"out": os.path.relpath(args.out, ROOT), "strip": None}, "units": []}
     with tempfile.TemporaryDirectory() as tmp:
         scored = lambda target, images, name: score_through_engine(target, images, Path(tmp) / name)  # noqa: E731
         _, std_vae = fit("standard", small[tr], np.zeros(args.n_train), args, Path(tmp) / "std.pt", small[te], perceptual=perceptual)

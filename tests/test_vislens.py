@@ -404,7 +404,7 @@ def test_contrast_term_makes_the_prior_axis_move_the_decoded_response(tmp_path):
     spec.fit_normalization(r)
     model = ConvVAE(16, 8)
     std = PriorSpec(prior="standard", latent_dim=8)  # the prior dims start unrelated to the response
-    train_vae(model, x, r, std, epochs=6, lr=3e-3, w_recon=1 / 768, w_kld=1e-2, batch_size=64)
+    train_vae(model, x, r, std, epochs=4, lr=3e-3, w_recon=1 / 768, w_kld=1e-2, batch_size=64)
 
     @torch.no_grad()
     def gaps():
@@ -440,13 +440,13 @@ def test_fit_with_the_contrast_term_scores_its_passes_through_the_engine(tmp_pat
     from stimopt.store import RunStore
 
     common = ["model=vislens_vae", "model.kind=image", "model.latent_dim=8", "model.image_size=16", "model.target_size=32",
-              "model.n_images=40", "model.epochs=1", "model.lr=1e-3", "model.n_references=4", "model.target.model=resnet18",
-              "model.target.weights=random", "model.target.layer=layer2", "model.target.input_size=32", "device=cpu",
-              "model.contrast.weight=1", "model.contrast.epochs=2", "model.contrast.items=12", "model.batch_size=8"]
+              "model.n_images=24", "model.epochs=1", "model.lr=1e-3", "model.n_references=2", "model.target.model=resnet18",
+              "model.target.weights=random", "model.target.layer=layer1", "model.target.input_size=32", "device=cpu",
+              "model.contrast.weight=1", "model.contrast.epochs=2", "model.contrast.items=8", "model.batch_size=8"]
     rep = run_fit(compose_fit(common), tmp_path / "fit")
     assert rep["contrast"] == "1 x 2 epochs"
     store = RunStore(tmp_path / "fit" / "contrast" / "evaluations.sqlite")
-    assert len(store.responses()) == 2 * 3 * 12 + 1
+    assert len(store.responses()) == 2 * 3 * 8 + 1
     store.close()
     imgs = torch.rand(20, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     np.savez(tmp_path / "imgs.npz", images=(imgs.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))
