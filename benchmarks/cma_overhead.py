@@ -73,6 +73,8 @@ def default_run(label: str, unit: int, budget: int, extra: tuple = ()) -> dict:
         timed(run.optimizer, "tell", spent, "optimizer_ask_tell_s")
         timed(run.optimizer, "state_dict", spent, "optimizer_state_dict_s")
         timed(run.store, "append_generation", spent, "store_append_s")
+        spent["store_sync_wait_s"] = 0.0  # waiting for the last commit's fsync (before the target; inside append too)
+        timed(run.store, "sync", spent, "store_sync_wait_s")
         p = run.run()
         outside = p.time_total - p.time_generate - p.time_evaluate
         t = time.perf_counter()
@@ -83,7 +85,8 @@ def default_run(label: str, unit: int, budget: int, extra: tuple = ()) -> dict:
     spent["store_fraction"] = spent["store_append_s"] / p.time_total
     n = p.n_evaluations
     ms = {"loop": p.time_total, "outside": outside, "optimizer_ask_tell": spent["optimizer_ask_tell_s"],
-          "store_append": spent["store_append_s"], "store_commit": spent["store_commit_s"]}
+          "store_append": spent["store_append_s"], "store_commit": spent["store_commit_s"],
+          "store_sync_wait": spent["store_sync_wait_s"]}
     return {"optimizer": label, "unit": unit, "best_response": float(p.best_response), "loop_s": p.time_total,
             "outside_s": outside, "outside_fraction": outside / p.time_total, "breakdown": spent, "overrides": overrides,
             "ms_per_eval": {k: v / n * 1e3 for k, v in ms.items()}, "load_avg_after": os.getloadavg(),

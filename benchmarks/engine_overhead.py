@@ -4,11 +4,14 @@ throughput on the default experiment against the bare target's batched forward t
     .venv/bin/python benchmarks/engine_overhead.py [--evals 20000] [--default-evals 1000]
 
 Prints measured figures and ratios (targets: >= 10,000 evals/s no-op; >= 90% of the bare target's
-throughput; time outside target+generator < 5% of the loop on the default experiment).
+throughput; time outside target+generator < 5% of the loop on the default experiment) and writes
+them to benchmarks/results/engine_overhead.json (``--out``), with the machine's load.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -80,19 +83,28 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--evals", type=int, default=20000)
     ap.add_argument("--default-evals", type=int, default=1000)
+    ap.add_argument("--out", default="benchmarks/results/engine_overhead.json")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     print(f"torch threads: {torch.get_num_threads()}")
+    out = {"script": "benchmarks/engine_overhead.py", "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+           "load_avg_at_start": os.getloadavg(), "noop": [], "default_experiment": []}
     for sync in ("FULL", "NORMAL"):
         for batch, dim in ((20, 432), (100, 432)):
             rate = noop_rate(args.evals, batch, dim, sync)
+            out["noop"].append({"synchronous": sync, "batch": batch, "dim": dim, "evals": args.evals, "evals_per_s": rate})
             print(f"no-op target/generator, random optimizer, batch {batch}, {dim}-d codes, synchronous={sync}: "
                   f"{rate:,.0f} recorded evaluations/s ({rate / 10000:.2f}x the 10,000/s target)")
     for opt in ("random", "cmaes"):
         r = default_experiment(args.default_evals, opt)
+        out["default_experiment"].append({"optimizer": opt, "evals": args.default_evals, **r, "engine_over_bare": r["engine"] / r["bare"]})
         print(f"default experiment (Lite0 blocks.3, fourier 128 px, batch 20), optimizer={opt}: bare target "
               f"{r['bare']:.0f} img/s, engine {r['engine']:.0f} evals/s -> {r['engine'] / r['bare']:.0%} of bare; "
               f"time outside target+generator {r['outside_fraction']:.1%} of the loop ({r['optimizer_s']:.2f} s of {r['loop_s']:.1f} s)")
+    out["load_avg_at_end"] = os.getloadavg()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(f"written to {args.out}")
 
 
 if __name__ == "__main__":

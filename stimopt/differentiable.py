@@ -60,6 +60,7 @@ class DifferentiableObjective:
         n = len(codes)
         if n > self.remaining:
             raise StimoptError(f"a white-box pass over {n} codes would exceed the budget ({self.remaining} evaluations left in this ask); check objective.remaining first")
+        run.store.sync()  # every earlier pass on disk before this one reaches the target, as in the engine's step
         t0 = time.perf_counter()
         with torch.inference_mode(False), torch.enable_grad():
             images = run.generator.generate_torch(codes)

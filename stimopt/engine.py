@@ -5,7 +5,8 @@
     resp   = target.evaluate(images)
     score  = objective(resp)            # direction applied here, once
     optimizer.tell(codes, score)
-    store.append(generation, ...)       # committed, with the checkpoint, before the next ask
+    store.append(generation, ...)       # committed, with the checkpoint, before the next ask;
+                                        # on disk (store.sync) before the next stimuli are shown
 
 The black-box path runs under ``torch.inference_mode()``. A white-box optimizer scores codes
 with gradients inside its ``ask`` through the run's :class:`DifferentiableObjective` (handed to
@@ -185,6 +186,7 @@ class Run:
         with torch.inference_mode():
             images = self.generator.generate(codes) if images is None else images
             images = self.interleave.append(images, extras, self.generator)
+            self.store.sync()  # every earlier generation on disk before these stimuli are shown
             t2 = time.perf_counter()
             ahead = self._ask_ahead(g + 1, n, len(extras))  # lookahead: g+1 prepared while the target works
             raw = self.target.evaluate(images)
