@@ -71,21 +71,38 @@ def interruptible():
 def run_app_interruptible(program: str, config_name: str, task) -> None:
     """``stimopt.config.run_app`` with Ctrl-C as one line: while starting (imports, plugins, Hydra)
     nothing was run; once ``task`` has started, what it committed is kept (a run's own handler
-    says more and exits first)."""
+    says more and exits first).
+
+    While starting, a SIGINT is only noted, and the start-up ends before ``task`` would begin: a
+    KeyboardInterrupt raised inside an import could be swallowed by a library that catches every
+    error around its own optional imports, and the run would go on as if no key had been pressed."""
     import functools
 
-    started = []
+    started, pending = [], []
+    main = threading.current_thread() is threading.main_thread()
+    default = signal.getsignal(signal.SIGINT)
 
     @functools.wraps(task)  # Hydra names the job after the task's module
     def task_started(cfg):
+        if pending:
+            raise KeyboardInterrupt
         started.append(True)
+        if main:
+            signal.signal(signal.SIGINT, default)  # from here a Ctrl-C raises (the run installs its own handler)
         return task(cfg)
 
+    if main:
+        signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
     try:
         from stimopt.config import run_app
 
         run_app(program, config_name, task_started)
+        if pending and not started:
+            raise KeyboardInterrupt
     except KeyboardInterrupt:
         said = "; what it had committed is kept" if started else " while starting; nothing was run or recorded"
         print(f"{program}: interrupted{said}", file=sys.stderr)
         sys.exit(130)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, default)

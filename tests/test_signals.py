@@ -74,3 +74,29 @@ def test_ctrl_c_while_starting_is_one_line_and_records_nothing(tmp_path):
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "interrupted" in err
     assert not (tmp_path / "early" / "evaluations.sqlite").exists()
+
+
+def test_ctrl_c_while_starting_is_not_lost_when_an_import_swallows_it(monkeypatch, capsys):
+    """A library that catches every error around its own imports would swallow the KeyboardInterrupt of a
+    Ctrl-C during start-up and the run would go on; the start-up only notes it and stops before the task."""
+    import os
+
+    import stimopt.config
+    from stimopt.interrupt import run_app_interruptible
+
+    ran = []
+
+    def run_app(program, config_name, task):
+        try:  # e.g. `try: import optional_dependency` / `except: pass` inside a third-party package
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+        except BaseException:  # noqa: BLE001 - what such a library does
+            pass
+        task({})
+
+    monkeypatch.setattr(stimopt.config, "run_app", run_app)
+    with pytest.raises(SystemExit) as exc:
+        run_app_interruptible("stimopt", "config", lambda cfg: ran.append(cfg))
+    assert exc.value.code == 130 and ran == []
+    assert capsys.readouterr().err.strip() == "stimopt: interrupted while starting; nothing was run or recorded"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
