@@ -79,8 +79,9 @@ def run_app_interruptible(program: str, config_name: str, task) -> None:
     import functools
 
     started, pending = [], []
-    main = threading.current_thread() is threading.main_thread()
     default = signal.getsignal(signal.SIGINT)
+    # main thread only, and only where Ctrl-C raises (a process started with SIGINT ignored keeps ignoring it)
+    main = threading.current_thread() is threading.main_thread() and default is signal.default_int_handler
 
     @functools.wraps(task)  # Hydra names the job after the task's module
     def task_started(cfg):

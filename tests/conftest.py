@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+
+
+def sigint_default() -> None:
+    """``preexec_fn`` of a child a test sends SIGINT to: Ctrl-C's default disposition, whatever pytest inherited
+    (a background job of a non-interactive shell starts with SIGINT ignored, and so would the child)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def cli_env(**extra) -> dict:

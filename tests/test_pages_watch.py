@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import BIN, cli_env
+from conftest import BIN, cli_env, sigint_default
 from pages_browser import browser, images_loaded, open_page, screenshot, wait_for  # noqa: F401 (fixture)
 
 # A stand-in for a running session: it appends a generation every DELAY seconds to the run store,
@@ -140,7 +140,7 @@ def run_watch(args, timeout=30):
 
 def test_watch_command_serves_on_localhost_and_waits_for_the_run(tmp_path):
     proc = subprocess.Popen([str(BIN / "stimopt-watch"), str(tmp_path / "later"), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), preexec_fn=sigint_default)
     try:
         line = proc.stdout.readline()
         assert "http://127.0.0.1:" in line, line + proc.stderr.read()

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import BIN, FAST, cli_env, run_cli
+from conftest import BIN, FAST, cli_env, run_cli, sigint_default
 
 ARGS = [*FAST, "budget=400", "batch_size=10", "seed=2"]  # the default optimizer: cmaes (nevergrad)
 
@@ -65,7 +65,7 @@ def test_signal_ends_the_run_cleanly_and_resume_equals_uninterrupted(tmp_path, s
 
 def test_ctrl_c_while_starting_is_one_line_and_records_nothing(tmp_path):
     """Ctrl-C during start-up (plugins, torch and Hydra loading; ~3 s here) ends without a traceback."""
-    proc = subprocess.Popen([str(BIN / "stimopt"), *ARGS, "hydra.run.dir=early"], cwd=tmp_path, env=cli_env(),
+    proc = subprocess.Popen([str(BIN / "stimopt"), *ARGS, "hydra.run.dir=early"], cwd=tmp_path, env=cli_env(), preexec_fn=sigint_default,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.5)  # past the interpreter's own start (0.2 s to import stimopt.cli), before the run
     proc.send_signal(signal.SIGINT)
@@ -95,8 +95,12 @@ def test_ctrl_c_while_starting_is_not_lost_when_an_import_swallows_it(monkeypatc
         task({})
 
     monkeypatch.setattr(stimopt.config, "run_app", run_app)
-    with pytest.raises(SystemExit) as exc:
-        run_app_interruptible("stimopt", "config", lambda cfg: ran.append(cfg))
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises, as in a terminal
+    try:
+        with pytest.raises(SystemExit) as exc:
+            run_app_interruptible("stimopt", "config", lambda cfg: ran.append(cfg))
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     assert exc.value.code == 130 and ran == []
     assert capsys.readouterr().err.strip() == "stimopt: interrupted while starting; nothing was run or recorded"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
