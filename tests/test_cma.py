@@ -126,9 +126,11 @@ class RedMinusBlue(stimopt.Target):
         return images[:, 0].mean(dim=(1, 2)) - images[:, 2].mean(dim=(1, 2))
 
 
-def make_run(tmp_path, name, budget=200, batch=20, seed=0):
-    gen = FourierGenerator(size=16, n_freq=4, device="cpu")
-    opt = CMAES()
+def make_run(tmp_path, name, budget=200, batch=20, seed=0, generator=None, optimizer=None):
+    """An engine run on the planted red-minus-blue unit (default: 4 x 4 Fourier code, default cmaes), restored from
+    its run dir if one is there."""
+    gen = generator or FourierGenerator(size=16, n_freq=4, device="cpu")
+    opt = optimizer or CMAES()
     opt.setup(gen.space, seed=seed, budget=budget, batch_size=batch)
     store = RunStore(tmp_path / name / "evaluations.sqlite")
     run = Run(target=RedMinusBlue(), generator=gen, optimizer=opt, objective=Objective("max"), store=store,

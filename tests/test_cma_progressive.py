@@ -7,9 +7,6 @@ import pytest
 import torch
 
 import stimopt
-from stimopt.engine import Run
-from stimopt.objective import Objective
-from stimopt.store import RunStore
 from stimopt_plugins.cma import CMAES
 from stimopt_plugins.image_codes import FourierGenerator, PixelGenerator
 
@@ -115,20 +112,13 @@ def test_coarse_to_fine_beats_the_plain_search_on_a_coarse_planted_image_unit():
     assert best["c2f"] > best["plain"] + 10, best
 
 
-class RedMinusBlue(stimopt.Target):
-    def evaluate(self, images):
-        return images[:, 0].mean(dim=(1, 2)) - images[:, 2].mean(dim=(1, 2))
-
-
 def make_run(tmp_path, name, budget=150, batch=10):
-    gen = FourierGenerator(size=16, n_freq=6, gain=1.0, device="cpu")
-    opt = CMAES(coarse_to_fine=[2, 4], coarse_to_fine_at=[0.2, 0.5])
-    opt.setup(gen.space, seed=0, budget=budget, batch_size=batch)
-    store = RunStore(tmp_path / name / "evaluations.sqlite")
-    run = Run(target=RedMinusBlue(), generator=gen, optimizer=opt, objective=Objective("max"), store=store,
-              budget=budget, batch_size=batch, on_bad_response="stop", run_dir=tmp_path / name)
-    run.restore()
-    return run
+    """test_cma's planted-unit run, with coarse-to-fine on a 6 x 6 code (growth at generations 3 and 8)."""
+    from test_cma import make_run as planted_run
+
+    return planted_run(tmp_path, name, budget=budget, batch=batch,
+                       generator=FourierGenerator(size=16, n_freq=6, gain=1.0, device="cpu"),
+                       optimizer=CMAES(coarse_to_fine=[2, 4], coarse_to_fine_at=[0.2, 0.5]))
 
 
 def test_engine_run_killed_mid_stage_and_resumed_equals_uninterrupted(tmp_path):
