@@ -71,3 +71,25 @@ def test_fourier_contrast_fixes_the_pre_sigmoid_spread_whatever_the_code_norm():
     assert not torch.allclose(plain.generate(z), plain.generate(7.0 * z))
     with pytest.raises(stimopt.StimoptError, match="contrast"):
         FourierGenerator(size=16, n_freq=6, contrast=0.0, device="cpu")
+
+
+def test_fourier_chroma_freq_is_the_full_code_with_its_fine_colour_coefficients_at_zero():
+    rng = np.random.default_rng(3)
+    n, k = 6, 2
+    small = FourierGenerator(size=16, n_freq=n, gain=1.0, device="cpu", chroma_freq=k)
+    full = FourierGenerator(size=16, n_freq=n, gain=1.0, device="cpu")
+    assert small.space.dim == n * n + 2 * k * k and len(small.space.levels) == small.space.dim
+    lum, opp = rng.standard_normal((4, n * n)), rng.standard_normal((4, 2, k, k))
+    padded = np.zeros((4, 2, n, n))
+    padded[:, :, :k, :k] = opp
+    z_small = np.concatenate([lum, opp.reshape(4, -1)], axis=1)
+    z_full = np.concatenate([lum, padded.reshape(4, -1)], axis=1)
+    assert torch.allclose(small.generate(z_small.astype(np.float32)), full.generate(z_full.astype(np.float32)), atol=1e-6)
+    assert max(small.space.levels[n * n:]) == k - 1  # the opponent coefficients are the coarse levels only
+    grey = FourierGenerator(size=16, n_freq=n, gain=1.0, device="cpu", chroma_freq=0)
+    img = grey.generate(rng.standard_normal((2, n * n)).astype(np.float32))
+    assert torch.allclose(img[:, 0], img[:, 1]) and torch.allclose(img[:, 1], img[:, 2])
+    assert torch.equal(FourierGenerator(size=16, n_freq=n, gain=1.0, device="cpu", chroma_freq=n).generate(z_full.astype(np.float32)),
+                       full.generate(z_full.astype(np.float32)))
+    with pytest.raises(stimopt.StimoptError, match="chroma_freq"):
+        FourierGenerator(size=16, n_freq=n, chroma_freq=7, device="cpu")

@@ -90,12 +90,18 @@ class FourierGenerator(_TorchGenerator):
     (over its pixels and channels): the code then sets only the pattern, never how strong it is,
     so a search need not spend generations growing the code's norm to reach a high-contrast image.
     The code space's ``levels`` give each coefficient's frequency band (max of its two frequencies).
+    ``chroma_freq`` (null: ``n_freq``) gives the two colour-opponent channels fewer frequencies than
+    luminance (natural images' colour varies more slowly: JPEG's chroma subsampling); the code is
+    then ``n_freq^2`` luminance coefficients followed by ``2 x chroma_freq^2`` opponent ones.
     """
 
     def __init__(self, size: int = 128, n_freq: int = 12, decay: float = 1.0, gain: float = 4.0, device: str = "auto",
-                 opponent: float = 1.0, contrast: float | None = None):
+                 opponent: float = 1.0, contrast: float | None = None, chroma_freq: int | None = None):
         if n_freq <= 0 or size <= 0 or n_freq > size:
             raise StimoptError(f"generator.n_freq must be in 1..size ({size}), got {n_freq}")
+        if chroma_freq is not None and not 0 <= int(chroma_freq) <= n_freq:
+            raise StimoptError(f"generator.chroma_freq must be null or in 0..n_freq ({n_freq}), got {chroma_freq}")
+        self.chroma_freq = int(n_freq if chroma_freq is None else chroma_freq)
         if not float(opponent) >= 0:
             raise StimoptError(f"generator.opponent must be >= 0, got {opponent}")
         if contrast is not None and not float(contrast) > 0:
@@ -111,15 +117,23 @@ class FourierGenerator(_TorchGenerator):
         # each coefficient's level: the larger of its two frequencies, so the levels below L are the
         # code of an L x L Fourier generator (the coarse part that a coarse-to-fine search starts with)
         level = np.maximum.outer(np.arange(self.n_freq), np.arange(self.n_freq))
-        self._space = stimopt.ContinuousSpace(dim=3 * self.n_freq**2, init_mean=0.0, init_std=1.0,
-                                              levels=tuple(np.tile(level.ravel(), 3).tolist()))
+        chroma = level[: self.chroma_freq, : self.chroma_freq].ravel()
+        self._space = stimopt.ContinuousSpace(dim=self.n_freq**2 + 2 * self.chroma_freq**2, init_mean=0.0, init_std=1.0,
+                                              levels=tuple(np.concatenate([level.ravel(), chroma, chroma]).tolist()))
 
     @property
     def space(self):
         return self._space
 
     def generate_torch(self, codes: torch.Tensor) -> torch.Tensor:
-        c = codes.view(-1, 3, self.n_freq, self.n_freq) * self.scale
+        n, k = self.n_freq, self.chroma_freq
+        if k == n:
+            c = codes.view(-1, 3, n, n)
+        else:  # luminance at n x n, the opponent channels' k x k coefficients padded with zeros
+            lum = codes[:, : n * n].view(-1, 1, n, n)
+            opp = F.pad(codes[:, n * n:].reshape(len(codes), 2, k, k), (0, n - k, 0, n - k))
+            c = torch.cat([lum, opp], dim=1)
+        c = c * self.scale
         c = torch.einsum("rc,bcyx->bryx", self.mix, c)
         img = torch.einsum("hy,bcyx,wx->bchw", self.basis, c, self.basis)
         if self.contrast is not None:  # a fixed-contrast map: the code's norm does not matter, only its direction
