@@ -202,7 +202,7 @@ def test_fourier_generator_is_differentiable_and_checks_code_size():
     gen = FourierGenerator(size=16, n_freq=4, device="cpu")
     z = torch.zeros(2, 48, requires_grad=True)
     img = gen.generate_torch(z)
-    assert img.shape == (2, 3, 16, 16) and float(img.min()) >= 0 and float(img.max()) <= 1
+    assert img.shape == (2, 3, 16, 16) and float(img.detach().min()) >= 0 and float(img.detach().max()) <= 1
     img[:, 0].mean().backward()
     assert z.grad.abs().sum() > 0
     with pytest.raises(stimopt.StimoptError, match=r"codes of shape \[B, 48\]"):
