@@ -6,8 +6,8 @@
    2,000 evaluations, store fsynced every generation) on several units, once per optimizer:
    the best response, and the time outside target + generator as a fraction of the loop and in ms
    per evaluation (less sensitive to the machine's load than the fraction), split into the
-   optimizer's ask + tell, the store's per-generation transaction (its commit, where the fsync is,
-   apart) and the rest.
+   optimizer's ask + tell, the store's per-generation transaction (its commit apart), the wait for
+   the WAL's fsync (in a thread) before the next stimuli are shown, and the rest.
 
     .venv/bin/python benchmarks/cma_overhead.py --units 0,5,10,17,33 --budget 2000
 
@@ -180,7 +180,7 @@ def main() -> int:
                              | {k: float(np.median([r["breakdown"][k] for r in runs if r["optimizer"] == label and "breakdown" in r] or [np.nan]))
                                 for k in ("optimizer_fraction", "store_fraction")}
                              | {f"{k}_ms_per_eval": float(np.median([r["ms_per_eval"][k] for r in runs if r["optimizer"] == label and "ms_per_eval" in r] or [np.nan]))
-                                for k in ("loop", "outside", "optimizer_ask_tell", "store_append", "store_commit")} for label in labels}
+                                for k in ("loop", "outside", "optimizer_ask_tell", "store_append", "store_commit", "store_sync_wait")} for label in labels}
     out["load_avg_at_end"] = os.getloadavg()
     path.write_text(json.dumps(out, indent=1))
     print(json.dumps(out["median"], indent=1))

@@ -189,26 +189,30 @@ class RunStore:
         finite = response[np.isfinite(response)]
         blob = safe_state.dumps(checkpoint)
         self.sync()  # the last generation is on disk before this one is written
-        with self.db:
-            self.db.execute("BEGIN")
-            self.db.executemany(
-                "INSERT INTO evaluations (generation, position, response, score, outputs, code, bank_index, info, kind, trials)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            self.db.execute(
-                "INSERT INTO generations VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    generation,
-                    len(codes),
-                    int(len(codes) - finite.size),
-                    _nan_to_none(float(finite[np.argmax(score[np.isfinite(response)])]) if finite.size else math.nan),
-                    _nan_to_none(float(finite.mean()) if finite.size else math.nan),
-                    n_evaluations,
-                    wall_s,
-                ),
-            )
-            self.db.execute("INSERT OR REPLACE INTO checkpoint VALUES (0, ?, ?)", (generation, blob))
+        try:
+            with self.db:
+                self.db.execute("BEGIN")
+                self.db.executemany(
+                    "INSERT INTO evaluations (generation, position, response, score, outputs, code, bank_index, info, kind, trials)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                self.db.execute(
+                    "INSERT INTO generations VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        generation,
+                        len(codes),
+                        int(len(codes) - finite.size),
+                        _nan_to_none(float(finite[np.argmax(score[np.isfinite(response)])]) if finite.size else math.nan),
+                        _nan_to_none(float(finite.mean()) if finite.size else math.nan),
+                        n_evaluations,
+                        wall_s,
+                    ),
+                )
+                self.db.execute("INSERT OR REPLACE INTO checkpoint VALUES (0, ?, ?)", (generation, blob))
+        except sqlite3.Error as exc:  # a full or failing disk: the transaction is rolled back, the ones before it stay
+            raise StimoptError(f"could not write generation {generation} to the run store {self.path} ({exc}); the "
+                               f"generations before it are in it: free space or fix the disk, then resume the run") from None
         if self.fsync_each_commit:
             self._syncing = threading.Thread(target=self._fsync_wal, name="stimopt-store-fsync", daemon=True)
             self._syncing.start()

@@ -109,6 +109,47 @@ def test_a_failed_fsync_is_one_line_and_keeps_the_committed_rows(tmp_path, monke
     assert RunStore(tmp_path / "evaluations.sqlite").n_evaluations() == 2
 
 
+def test_a_failed_transaction_is_one_line_and_keeps_the_generations_before_it(tmp_path):
+    """SQLite refusing a generation's transaction (a full disk) is one StimoptError naming the generation
+    (not a traceback); the transaction is rolled back and the generation before it stays in the file."""
+    import sqlite3
+
+    import pytest
+
+    from stimopt.errors import StimoptError
+
+    class FullDisk:  # the store's connection, refusing the evaluations' insert
+        def __init__(self, db):
+            self.db = db
+
+        def __enter__(self):
+            return self.db.__enter__()
+
+        def __exit__(self, *exc):
+            return self.db.__exit__(*exc)
+
+        def execute(self, *a):
+            return self.db.execute(*a)
+
+        def executemany(self, *a):
+            raise sqlite3.OperationalError("database or disk is full")
+
+    path = tmp_path / "evaluations.sqlite"
+    store = RunStore(path)
+    r = np.ones(2)
+    store.append_generation(0, np.zeros((2, 3), np.float32), r, r, None, None, 2, 0.0, {"g": 0})
+    store.sync()
+    real, store.db = store.db, FullDisk(store.db)
+    with pytest.raises(StimoptError, match=r"could not write generation 1 to the run store .*database or disk is full.*"
+                                           r"generations before it are in it.*resume"):
+        store.append_generation(1, np.zeros((2, 3), np.float32), r, r, None, None, 4, 0.0, {"g": 1})
+    store.db = real
+    store.close()
+    again = RunStore(path)
+    assert again.n_evaluations() == 2 and again.checkpoint() == (0, {"g": 0})
+    again.close()
+
+
 def test_the_engine_shows_no_stimulus_before_the_last_generation_is_on_disk(tmp_path, monkeypatch):
     """Run with FULL: when the target is handed generation g, the WAL has been fsynced after each of the
     g earlier commits (the engine waits in store.sync before evaluate)."""
