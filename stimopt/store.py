@@ -5,8 +5,9 @@ transaction before the next ask, so a killed process loses at most the generatio
 
 Durability (``synchronous``): ``NORMAL`` is SQLite's: a commit is in the WAL (the OS has it) when
 :meth:`RunStore.append_generation` returns, which survives a killed process, not a power cut.
-``FULL`` (the default) adds an fsync of the WAL after every commit. It runs in a thread while the
-engine tells the optimizer, asks and generates the next generation, and :meth:`RunStore.sync`
+``FULL`` (the default) adds an fsync of the WAL after every commit. It runs in the store's one
+fsync thread (started once, not per generation) while the engine asks and generates the next
+generation, and :meth:`RunStore.sync`
 waits for it: the engine calls it before the next stimuli reach the target, and the next commit
 and :meth:`RunStore.close` wait for it too. So every generation is on disk before anything after
 it is shown or written, as with SQLite's own FULL, without the fsync's wait in the loop.
@@ -32,7 +33,7 @@ import json
 import math
 import os
 import sqlite3
-import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -126,7 +127,8 @@ class RunStore:
         # FULL: SQLite's NORMAL plus our own fsync of the WAL after each generation's commit (module docstring)
         self.fsync_each_commit = str(synchronous).upper() == "FULL"
         self.db.execute(f"PRAGMA synchronous={'NORMAL' if self.fsync_each_commit else synchronous}")
-        self._syncing: threading.Thread | None = None
+        self._fsyncer: ThreadPoolExecutor | None = None  # one thread for the run (a thread per generation: ~0.6 ms each)
+        self._syncing: Future | None = None
         self._sync_error: OSError | None = None
         self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         self.db.executescript(SCHEMA)
@@ -214,8 +216,9 @@ class RunStore:
             raise StimoptError(f"could not write generation {generation} to the run store {self.path} ({exc}); the "
                                f"generations before it are in it: free space or fix the disk, then resume the run") from None
         if self.fsync_each_commit:
-            self._syncing = threading.Thread(target=self._fsync_wal, name="stimopt-store-fsync", daemon=True)
-            self._syncing.start()
+            if self._fsyncer is None:
+                self._fsyncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stimopt-store-fsync")
+            self._syncing = self._fsyncer.submit(self._fsync_wal)
 
     def _fsync_wal(self) -> None:
         try:
@@ -231,7 +234,7 @@ class RunStore:
         """Wait until every committed generation is on disk (``FULL``; at once with ``NORMAL``).
         A failed fsync (a full or failing disk) is one StimoptError: what was committed is in the WAL."""
         if self._syncing is not None:
-            self._syncing.join()
+            self._syncing.result()
             self._syncing = None
         if self._sync_error is not None:
             exc, self._sync_error = self._sync_error, None
@@ -331,6 +334,9 @@ class RunStore:
             self.sync()
         finally:
             self.db.close()
+            if self._fsyncer is not None:
+                self._fsyncer.shutdown()
+                self._fsyncer = None
         lock = getattr(self, "lock", None)
         if lock is not None:
             lock.release()

@@ -198,3 +198,36 @@ def test_bad_sampler_and_step_size_rule_are_one_line_errors():
         CMAES(sampler="lm")
     with pytest.raises(stimopt.StimoptError, match="adapt_sigma must be"):
         CMAES(adapt_sigma="msr")
+
+
+def test_prefetched_normals_are_the_random_states_stream_in_order_whatever_the_shapes():
+    from stimopt_plugins.cma.normals import PrefetchedNormals
+
+    normals = PrefetchedNormals(np.random.RandomState(4))
+    served = [normals(3, 5)]
+    normals.prefetch()  # 15 values drawn in the thread
+    served += [normals(1, 7), normals(), normals(2, 2)]  # 7, 1 and 4 of the block: 3 left
+    normals.prefetch()  # 12 more (what was served since the last prefetch)
+    normals.prefetch()  # one block in flight at a time: a no-op
+    served.append(normals(40))  # 3 + 12 drawn ahead, 25 on demand
+    normals.close()
+    assert [np.shape(s) for s in served] == [(3, 5), (1, 7), (), (2, 2), (40,)]
+    flat = np.concatenate([np.ravel(s) for s in served])
+    np.testing.assert_array_equal(flat, np.random.RandomState(4).randn(flat.size))
+
+
+@pytest.mark.parametrize("kw", [{}, {"sampler": "vd"}, {"adapt_sigma": "csa"}])
+def test_prefetching_the_next_generations_normals_asks_the_codes_of_drawing_on_demand(kw):
+    """At 400 dims (pycma's TPA draws a (1, dim) rescaling besides the (popsize, dim) samples): the codes
+    with the next generation's normals drawn in the thread are bit for bit those drawn on demand."""
+    space = stimopt.ContinuousSpace(dim=400)
+    a, b = CMAES(**kw), CMAES(**kw)
+    for opt in (a, b):
+        opt.setup(space, seed=3, budget=400, batch_size=20)
+    b._normals.prefetch = lambda: None  # every draw on demand
+    for _ in range(6):
+        ca, cb = a.ask(20), b.ask(20)
+        assert a._normals._drawing is not None  # the next generation's block is being drawn
+        assert np.array_equal(ca, cb)
+        a.tell(ca, sphere(ca))
+        b.tell(cb, sphere(cb))

@@ -13,7 +13,8 @@ told it in one call, so the per-evaluation overhead is a fraction of a per-candi
   never sees NaN and an unscored sample pulls nothing towards itself; a generation with no score
   at all is not told (the next ask draws a fresh population from the same distribution).
 - pycma minimizes: it is told ``-score``. Its random draws come from a ``RandomState`` seeded by
-  the run seed (never numpy's global state), so the same seed asks the same codes, and on an
+  the run seed (never numpy's global state; the next generation's drawn in a thread while the
+  target evaluates this one, ``normals.py``), so the same seed asks the same codes, and on an
   unbounded space they are the codes nevergrad's ParametrizedCMA (diagonal, the previous
   ``optimizer=cmaes``) asks for that seed: the same runs, without the per-candidate wrapper.
 - Checkpoints hold no pickle: only the scores told per generation and a CRC of the codes asked.
@@ -29,6 +30,8 @@ import numpy as np
 
 import stimopt
 from stimopt.errors import StimoptError
+
+from .normals import PrefetchedNormals
 
 BOUNDS = ("clip", "transform")
 SAMPLERS = ("vd", "vkd")  # pycma's restricted Gaussian samplers: VD-CMA (diagonal + one direction), VkD-CMA (k directions)
@@ -69,9 +72,13 @@ class CMAES(stimopt.Optimizer):
         import cma
 
         space, seed, popsize = self._args
-        self._rng = np.random.RandomState(seed)  # what nevergrad's ParametrizedCMA draws from: the same runs
+        if getattr(self, "_normals", None) is not None:
+            self._normals.close()
+        # a RandomState: what nevergrad's ParametrizedCMA draws from, the same runs; the next generation's
+        # normals drawn while the target evaluates this one (normals.py: the same stream, bit for bit)
+        self._normals = PrefetchedNormals(np.random.RandomState(seed))
         opts = {"popsize": popsize, "CMA_diagonal": self.diagonal, "CMA_elitist": self.elitist,
-                "randn": self._rng.randn, "seed": np.nan,
+                "randn": self._normals, "seed": np.nan,
                 "verbose": -9, "verb_disp": 0, "verb_log": 0, "tolx": 0, "tolfun": 0, "tolfunhist": 0,
                 "tolflatfitness": np.inf, "tolstagnation": np.inf, "tolconditioncov": np.inf, "maxiter": np.inf}
         bounded = space.low is not None or space.high is not None
@@ -86,7 +93,7 @@ class CMAES(stimopt.Optimizer):
             cls = {"vd": rgs.GaussVDSampler, "vkd": rgs.GaussVkDSampler}[self.sampler]
             opts = cls.extend_cma_options(opts)
             opts["CMA_diagonal"] = False
-            opts["CMA_sampler_options"] = {"randn": self._rng.randn}  # the run's seeded draws, not numpy's global state
+            opts["CMA_sampler_options"] = {"randn": self._normals}  # the run's seeded draws, not numpy's global state
         if self.adapt_sigma is not None:
             from cma import sigma_adaptation
 
@@ -122,6 +129,7 @@ class CMAES(stimopt.Optimizer):
         if n > self._args[2]:
             raise StimoptError(f"cmaes was asked for {n} codes but its population is {self._args[2]} (= batch_size)")
         self._pending = self.es.ask()  # the whole population; a short last batch uses its first n
+        self._normals.prefetch()
         if self._clip:
             codes = self.space.clip(np.asarray(self._pending[:n])).astype(np.float32)
         else:
