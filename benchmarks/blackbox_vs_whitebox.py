@@ -116,6 +116,23 @@ CONFIGS = {  # label -> overrides on top of the embedded default (cmaes on fouri
                     "generator.chroma_freq=8"],
     "wb-g1-nf16": ["optimizer=latent_gradient", "optimizer.kld=none", "optimizer.init=random", "batch_size=4",
                    "optimizer.steps_per_ask=50", "optimizer.lr=0.05", "generator.n_freq=16", "generator.gain=1.0"],
+    # round 9: codes with fewer dims for the same detail where the unit looks: an aperture (generator.extent, px)
+    # or a mirrored tile (generator.tile, px); and the white-box ceiling of each code (Adam, wb-*)
+    **{f"e{e}-{f}": ["optimizer=cmaes", "generator.gain=1.0", f"generator.extent={e}", f"generator.n_freq={f}",
+                     "optimizer.sigma0=0.5"] for e, f in ((64, 12), (80, 12), (80, 15), (96, 16))},
+    # XDream's antithetic optimizers on the 24 x 24 code: their defaults, and FDGD as a zeroth-order gradient (small radius)
+    "fdgd-nf24": ["optimizer=fdgd", "generator.gain=1.0", "generator.n_freq=24"],
+    "nes-nf24": ["optimizer=nes", "generator.gain=1.0", "generator.n_freq=24"],
+    **{f"fd-r{r.replace('.', '')}-lr{lr.replace('.', '')}": ["optimizer=fdgd", "generator.gain=1.0", "generator.n_freq=24",
+                                                          f"optimizer.search_radius={r}", f"optimizer.learning_rate={lr}"]
+       for r, lr in (("0.1", "0.01"), ("0.1", "0.03"), ("0.1", "0.015"), ("0.03", "0.003"))},
+    "t32-12-s05": ["optimizer=cmaes", "generator.gain=1.0", "generator.tile=32", "generator.n_freq=12", "optimizer.sigma0=0.5"],
+    "t32-12-s1": ["optimizer=cmaes", "generator.gain=1.0", "generator.tile=32", "generator.n_freq=12", "optimizer.sigma0=1.0"],
+    **{f"wb-{k}": ["optimizer=latent_gradient", "optimizer.kld=none", "optimizer.init=random", "batch_size=4",
+                   "optimizer.steps_per_ask=50", "optimizer.lr=0.05", "generator.gain=1.0", *v]
+       for k, v in {"nf12": ["generator.n_freq=12"], "e80-12": ["generator.extent=80", "generator.n_freq=12"],
+                    "e80-15": ["generator.extent=80", "generator.n_freq=15"],
+                    "t32-12": ["generator.tile=32", "generator.n_freq=12"]}.items()},
     # the other optimizers on the 12 x 12, gain 1 code (the fourier defaults when they were run), pinned
     "ga": ["optimizer=ga", "generator.n_freq=12", "generator.gain=1.0"],
     "nes": ["optimizer=nes", "generator.n_freq=12", "generator.gain=1.0"],

@@ -93,3 +93,40 @@ def test_fourier_chroma_freq_is_the_full_code_with_its_fine_colour_coefficients_
                        full.generate(z_full.astype(np.float32)))
     with pytest.raises(stimopt.StimoptError, match="chroma_freq"):
         FourierGenerator(size=16, n_freq=n, chroma_freq=7, device="cpu")
+
+
+def test_fourier_tile_fills_the_image_with_the_tile_and_its_mirror_images():
+    rng = np.random.default_rng(4)
+    tiled = FourierGenerator(size=24, n_freq=4, gain=1.0, device="cpu", tile=8)
+    single = FourierGenerator(size=8, n_freq=4, gain=1.0, device="cpu")
+    z = rng.standard_normal((3, tiled.space.dim)).astype(np.float32)
+    assert tiled.space.dim == single.space.dim == 3 * 4 * 4
+    img, tile = tiled.generate(z), single.generate(z)
+    assert img.shape == (3, 3, 24, 24)
+    off = (32 - 24) // 2  # 4 tiles of 8 px cover 32 px, centred on the 24 px canvas
+    full = torch.cat([tile, tile.flip(-1), tile, tile.flip(-1)], dim=-1)
+    full = torch.cat([full, full.flip(-2), full, full.flip(-2)], dim=-2)
+    assert torch.allclose(img, full[..., off:off + 24, off:off + 24], atol=1e-6)
+    assert torch.allclose(img[..., 12:20, 12:20], tile, atol=1e-6)  # a whole tile at the centre
+    assert torch.allclose(img[..., 12:20, 4:12], tile.flip(-1), atol=1e-6)  # its neighbours are its mirror images
+    assert torch.allclose(img[..., 4:12, 12:20], tile.flip(-2), atol=1e-6)
+    with pytest.raises(stimopt.StimoptError, match="n_freq"):
+        FourierGenerator(size=24, n_freq=9, tile=8, device="cpu")
+    with pytest.raises(stimopt.StimoptError, match="tile"):
+        FourierGenerator(size=24, n_freq=4, tile=30, device="cpu")
+
+
+def test_fourier_extent_is_grey_outside_a_centred_aperture_that_fades_at_its_edge():
+    rng = np.random.default_rng(5)
+    g = FourierGenerator(size=32, n_freq=6, gain=4.0, device="cpu", extent=16)
+    assert g.space.dim == 3 * 6 * 6
+    img = g.generate(rng.standard_normal((2, g.space.dim)).astype(np.float32))
+    assert img.shape == (2, 3, 32, 32)
+    inside = torch.zeros(32, 32, dtype=torch.bool)
+    inside[8:24, 8:24] = True
+    assert torch.all(img[..., ~inside] == 0.5)  # grey outside the aperture
+    assert (img[..., 10:22, 10:22] - 0.5).abs().mean() > 0.1  # the pattern inside
+    edge = (img[..., 8, 8:24] - 0.5).abs().mean()
+    assert edge < (img[..., 12, 8:24] - 0.5).abs().mean()  # faded towards the edge: no hard frame
+    with pytest.raises(stimopt.StimoptError, match="exclude"):
+        FourierGenerator(size=32, n_freq=6, extent=16, tile=8, device="cpu")

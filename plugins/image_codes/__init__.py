@@ -80,6 +80,29 @@ def cosine_basis(size: int, n: int) -> torch.Tensor:
     return basis.float()
 
 
+def mirror_tile(img: torch.Tensor, size: int) -> torch.Tensor:
+    """``[B, C, t, t]`` tiles -> ``[B, C, size, size]``: the tile and its mirror images side by side, centred."""
+    t = img.shape[-1]
+    reps = -(-size // t) + 1  # one spare tile so that the crop can be centred on a tile
+    rows = torch.cat([img if i % 2 == 0 else img.flip(-1) for i in range(reps)], dim=-1)
+    full = torch.cat([rows if i % 2 == 0 else rows.flip(-2) for i in range(reps)], dim=-2)
+    off = (reps * t - size) // 2
+    return full[..., off:off + size, off:off + size]
+
+
+def aperture(img: torch.Tensor, size: int) -> torch.Tensor:
+    """``[B, C, e, e]`` pre-sigmoid maps -> ``[B, C, size, size]``: centred, faded to 0 (grey after the
+    sigmoid) over the outer eighth of the square by a raised cosine, 0 outside."""
+    e = img.shape[-1]
+    ramp = max(1, e // 8)
+    edge = torch.ones(e, dtype=img.dtype, device=img.device)
+    fade = 0.5 - 0.5 * torch.cos(math.pi * (torch.arange(ramp, dtype=img.dtype, device=img.device) + 0.5) / ramp)
+    edge[:ramp], edge[e - ramp:] = fade, fade.flip(0)
+    img = img * edge[:, None] * edge[None, :]
+    before = (size - e) // 2
+    return F.pad(img, (before, size - e - before, before, size - e - before))
+
+
 class FourierGenerator(_TorchGenerator):
     """Codes are ``3 x n_freq x n_freq`` cosine coefficients (decorrelated colour), scaled by
     ``1 / (1 + |f|)^decay`` so low frequencies dominate; a sigmoid maps the sum to [0, 1].
@@ -93,12 +116,27 @@ class FourierGenerator(_TorchGenerator):
     ``chroma_freq`` (null: ``n_freq``) gives the two colour-opponent channels fewer frequencies than
     luminance (natural images' colour varies more slowly: JPEG's chroma subsampling); the code is
     then ``n_freq^2`` luminance coefficients followed by ``2 x chroma_freq^2`` opponent ones.
+    ``tile`` (px; null: off) makes the code one ``tile`` x ``tile`` image that fills the canvas with
+    its mirror images (the cosine basis is even at the tile's edges: no seams), a periodic texture.
+    ``extent`` (px; null: off) spends the code on a centred square of that size, an aperture on the
+    receptive field: faded to grey at its edge, grey outside. Both put the same ``n_freq`` on fewer
+    pixels: finer detail where the unit looks for the same dimension (docs/blackbox.md, round 9).
     """
 
     def __init__(self, size: int = 128, n_freq: int = 12, decay: float = 1.0, gain: float = 4.0, device: str = "auto",
-                 opponent: float = 1.0, contrast: float | None = None, chroma_freq: int | None = None):
-        if n_freq <= 0 or size <= 0 or n_freq > size:
-            raise StimoptError(f"generator.n_freq must be in 1..size ({size}), got {n_freq}")
+                 opponent: float = 1.0, contrast: float | None = None, chroma_freq: int | None = None,
+                 tile: int | None = None, extent: int | None = None):
+        if extent is not None and not 1 <= int(extent) <= int(size):
+            raise StimoptError(f"generator.extent must be null or a size in px in 1..size ({size}), got {extent}")
+        if extent is not None and tile is not None:
+            raise StimoptError("generator.extent and generator.tile exclude each other: set one of them to null")
+        self.extent = None if extent is None or int(extent) == int(size) else int(extent)
+        if tile is not None and not 1 <= int(tile) <= int(size):
+            raise StimoptError(f"generator.tile must be null or a size in px in 1..size ({size}), got {tile}")
+        self.tile = None if tile is None or int(tile) == int(size) else int(tile)
+        span = self.tile or self.extent or int(size)
+        if n_freq <= 0 or size <= 0 or n_freq > span:
+            raise StimoptError(f"generator.n_freq must be in 1..{'tile' if self.tile else 'size'} ({span}), got {n_freq}")
         if chroma_freq is not None and not 0 <= int(chroma_freq) <= n_freq:
             raise StimoptError(f"generator.chroma_freq must be null or in 0..n_freq ({n_freq}), got {chroma_freq}")
         self.chroma_freq = int(n_freq if chroma_freq is None else chroma_freq)
@@ -109,7 +147,7 @@ class FourierGenerator(_TorchGenerator):
         self.size, self.n_freq, self.opponent = int(size), int(n_freq), float(opponent)
         self.contrast = None if contrast is None else float(contrast)
         self.device = resolve_device(device)
-        self.basis = (cosine_basis(self.size, self.n_freq) * math.sqrt(self.size)).to(self.device)
+        self.basis = (cosine_basis(span, self.n_freq) * math.sqrt(span)).to(self.device)
         f = torch.arange(self.n_freq, dtype=torch.float32)
         radius = torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
         self.scale = (gain / (1.0 + radius) ** decay).to(self.device)
@@ -138,6 +176,10 @@ class FourierGenerator(_TorchGenerator):
         img = torch.einsum("hy,bcyx,wx->bchw", self.basis, c, self.basis)
         if self.contrast is not None:  # a fixed-contrast map: the code's norm does not matter, only its direction
             img = img * (self.contrast / img.flatten(1).std(dim=1).clamp(min=1e-6))[:, None, None, None]
+        if self.tile is not None:
+            img = mirror_tile(img, self.size)
+        elif self.extent is not None:
+            img = aperture(img, self.size)
         return torch.sigmoid(img)
 
 
