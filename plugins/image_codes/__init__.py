@@ -136,7 +136,7 @@ class FourierGenerator(_TorchGenerator):
         self.tile = None if tile is None or int(tile) == int(size) else int(tile)
         span = self.tile or self.extent or int(size)
         if n_freq <= 0 or size <= 0 or n_freq > span:
-            raise StimoptError(f"generator.n_freq must be in 1..{'tile' if self.tile else 'size'} ({span}), got {n_freq}")
+            raise StimoptError(f"generator.n_freq must be in 1..{'tile' if self.tile else 'extent' if self.extent else 'size'} ({span}), got {n_freq}")
         if chroma_freq is not None and not 0 <= int(chroma_freq) <= n_freq:
             raise StimoptError(f"generator.chroma_freq must be null or in 0..n_freq ({n_freq}), got {chroma_freq}")
         self.chroma_freq = int(n_freq if chroma_freq is None else chroma_freq)
