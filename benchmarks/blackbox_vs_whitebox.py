@@ -168,8 +168,6 @@ MEI_FILE = Path("benchmarks/results/mei_vs_lucent.json")
 
 
 def run_one(layer: str, unit: int, label: str, noise: str, budget: int, seed: int) -> dict:
-    import torch
-
     from stimopt import reference
     from stimopt.config import compose
     from stimopt.experiment import build_run
@@ -183,14 +181,8 @@ def run_one(layer: str, unit: int, label: str, noise: str, budget: int, seed: in
         p = run.run()
         wall = time.perf_counter() - t
         evolved = reference.best_evolved(run)
-        gens = run.store.generations()
-        codes, scores = run.store.codes(), run.store.scores()
-        last = slice(len(scores) - int(gens[-1]["n"]), len(scores))
-        s = np.where(np.isfinite(scores[last]), scores[last], -np.inf)
-        code = codes[last][int(np.argmax(s))]
-        with torch.inference_mode():
-            r = reference._to_numpy(reference.clean_target(run.target).evaluate(run.generator.generate(code[None])))
-        last_best = float(run.objective.combine(r)[0])
+        last_best = (reference.last_generation_best(run) or {}).get("clean")
+        scores = run.store.scores()
         report = run.optimizer.report() if hasattr(run.optimizer, "report") else {}
         resp = np.asarray(run.store.responses(), dtype=np.float64).reshape(len(scores), -1)[:, 0]
         best_so_far = np.fmax.accumulate(np.where(np.isfinite(resp), resp, -np.inf))

@@ -171,17 +171,6 @@ def code_version() -> dict:
     return {"commit": git("rev-parse", "HEAD"), "modified": [line[3:] for line in dirty.splitlines()]}
 
 
-def clean_read(run, code) -> float:
-    """The noiseless response (direction applied) to one code."""
-    import torch
-    from stimopt.reference import _to_numpy, clean_target
-
-    with torch.inference_mode():
-        images = run.generator.generate(np.asarray([code], np.float32))
-        r = _to_numpy(clean_target(run.target).evaluate(images))
-    return float(run.objective.combine(r)[0])
-
-
 def run_one(layer: str, unit: int, cell: str, noise: str, budget: int, seed: int) -> dict:
     from stimopt import reference
 
@@ -193,16 +182,12 @@ def run_one(layer: str, unit: int, cell: str, noise: str, budget: int, seed: int
         p = run.run()
         wall = time.perf_counter() - t
         evolved = reference.best_evolved(run)
-        rows = run.store.shown("stimulus")
-        last = max(r["generation"] for r in rows)
-        scored = [r for r in rows if r["generation"] == last and np.isfinite(r["score"])]
-        pick = max(scored, key=lambda r: r["score"])
-        last_clean = clean_read(run, pick["code"])
+        last = reference.last_generation_best(run)
         run.store.close()
     return {"layer": layer, "unit": unit, "cell": cell, "generator": cell.split("/")[0],
             "optimizer": cell.split("/")[1], "noise": noise, "budget": budget, "seed": seed,
             "best_response": float(p.best_response), "best_evolved": evolved,
-            "last_gen_best_clean": last_clean, "last_gen_best_score": float(pick["score"]), "last_generation": int(last),
+            "last_gen_best_clean": last["clean"], "last_gen_best_score": last["score"], "last_generation": last["generation"],
             "evaluations": int(p.n_evaluations), "wall_s": round(wall, 1),
             "loadavg_before": [round(x, 2) for x in load0], "loadavg_after": [round(x, 2) for x in os.getloadavg()],
             **version, "overrides": overrides}

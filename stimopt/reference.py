@@ -97,17 +97,33 @@ def relative(evolved: float, natural: np.ndarray, n_random: int, direction: str 
     }
 
 
-def best_evolved(run) -> float | None:
-    """The clean response to the stimulus with the best recorded score."""
-    top = run.store.top(1)
-    if not top:
-        return None
-    code = top[0]["code"]
-    codes = np.asarray([code]) if np.ndim(code) else np.asarray([code], dtype=np.int64)
+def clean_response(run, code) -> float:
+    """The noiseless response (direction applied) to one code of the run's generator."""
+    codes = np.asarray([code], dtype=np.float32) if np.ndim(code) else np.asarray([code], dtype=np.int64)
     with torch.inference_mode():
         images = run.generator.generate(codes)
         r = _to_numpy(clean_target(run.target).evaluate(images))
     return float(run.objective.combine(r)[0])
+
+
+def best_evolved(run) -> float | None:
+    """The clean response to the stimulus with the best recorded score."""
+    top = run.store.top(1)
+    return clean_response(run, top[0]["code"]) if top else None
+
+
+def last_generation_best(run) -> dict | None:
+    """XDream's scoring of a noisy run: the last generation's best-scored stimulus, read clean.
+    ``{"clean": response, "score": its recorded score, "generation": n}``; None when nothing was scored."""
+    rows = run.store.shown("stimulus")
+    if not rows:
+        return None
+    last = max(r["generation"] for r in rows)
+    scored = [r for r in rows if r["generation"] == last and np.isfinite(r["score"])]
+    if not scored:
+        return None
+    pick = max(scored, key=lambda r: r["score"])
+    return {"clean": clean_response(run, pick["code"]), "score": float(pick["score"]), "generation": int(last)}
 
 
 def summarize(run, cfg) -> dict | None:

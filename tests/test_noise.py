@@ -220,3 +220,24 @@ def test_reference_block_off_by_default_and_errors_do_not_sink_the_summary(tmp_p
     assert ok["best_evolved"] == pytest.approx(5.0)  # the clean response, not a noisy draw
     assert ok["n_natural"] == 30 and ok["n_random"] == 40
     assert ok["relative_activation"] == pytest.approx(5.0 / ok["best_natural"])
+
+
+def test_last_generation_best_reads_the_last_generations_top_stimulus_clean(compose, tmp_path):
+    """XDream's scoring of a noisy run: the best-scored stimulus of the last generation, its clean response."""
+    from stimopt.experiment import build_run
+
+    cfg = compose(["target=edge_neuron", "logger=none", "generator.size=32", "budget=60", "batch_size=20",
+                   "noise=poisson", "noise.expected_max_spikes=5", "noise.calibration_images=60"])
+    run = build_run(cfg, tmp_path / "run")
+    try:
+        run.run()
+        rows = [r for r in run.store.shown("stimulus") if r["generation"] == 2]
+        pick = max(rows, key=lambda r: r["score"])
+        last = reference.last_generation_best(run)
+        assert last["generation"] == 2 and last["score"] == pytest.approx(pick["score"])
+        with torch.inference_mode():
+            clean = run.target.inner.evaluate(run.generator.generate(np.asarray([pick["code"]], np.float32)))
+        assert last["clean"] == pytest.approx(float(clean[0]))
+        assert last["clean"] == reference.clean_response(run, pick["code"])
+    finally:
+        run.store.close()
