@@ -147,6 +147,12 @@ class NoisyTarget(Target):
             obs = (a * gain).mean(axis=0)
         return np.where(bad, np.nan, obs).astype(np.float32)
 
+    @property
+    def presentations_per_image(self) -> int:
+        """Trials per image shown: ``repeats`` noisy reads of each of the inner target's (what
+        ``budget_counts=presentations`` counts, as a rig's ``target.presentations``)."""
+        return self.repeats * int(getattr(self.inner, "presentations_per_image", 1))
+
     # -- resume, reporting ---------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"rng": self.rng.bit_generator.state, "scale": self.scale, "good_response": self.good_response,

@@ -241,3 +241,18 @@ def test_last_generation_best_reads_the_last_generations_top_stimulus_clean(comp
         assert last["clean"] == reference.clean_response(run, pick["code"])
     finally:
         run.store.close()
+
+
+def test_budget_in_presentations_counts_each_repeat(compose, tmp_path):
+    """noise.repeats=4 with budget_counts=presentations: 80 trials are 20 stimuli, not 80."""
+    from stimopt.experiment import build_run
+
+    cfg = compose(["target=edge_neuron", "logger=none", "generator.size=32", "budget=80", "batch_size=10",
+                   "noise=poisson", "noise.repeats=4", "budget_counts=presentations", "noise.calibration_images=60"])
+    run = build_run(cfg, tmp_path / "run")
+    try:
+        assert run.target.presentations_per_image == 4
+        progress = run.run()
+        assert progress.n_evaluations == 20 and run.store.n_evaluations() == 20
+    finally:
+        run.store.close()
