@@ -149,6 +149,12 @@ CONFIGS = {  # label -> overrides on top of the embedded default (cmaes on fouri
     "noisy-nf8": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=8", "optimizer.sigma0=0.5"],
     "noisy-nf6": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=6", "optimizer.sigma0=0.5"],
     "noisy-nf8-pop40": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=8", "optimizer.sigma0=0.5", "batch_size=40"],
+    "noisy-nf8-s1": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=8", "optimizer.sigma0=1.0"],
+    "noisy-nf8-s2": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=8", "optimizer.sigma0=2.0"],
+    "noisy-rep2": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=24", "optimizer.sigma0=0.5", "noise.repeats=2", "budget_counts=presentations"],
+    "noisy-nf8-rep2": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=8", "optimizer.sigma0=0.5", "noise.repeats=2", "budget_counts=presentations"],
+    "noisy-nf8-rep4": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=8", "optimizer.sigma0=0.5", "noise.repeats=4", "budget_counts=presentations"],
+    "fdgd-rep4": ["optimizer=fdgd", "generator.n_freq=12", "generator.gain=1.0", "noise.repeats=4", "budget_counts=presentations"],
     "noisy-preset": ["experiment=noisy"],  # plugins/cma/conf/experiment/noisy.yaml (= noisy-nf8)
     # white-box references: Adam on the codes through the differentiable objective
     "wb-fourier": ["optimizer=latent_gradient", "optimizer.kld=none", "optimizer.init=random", "batch_size=4",
