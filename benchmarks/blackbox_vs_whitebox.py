@@ -373,11 +373,16 @@ def main() -> int:
 
     def write():
         out.parent.mkdir(parents=True, exist_ok=True)
-        cur = json.loads(out.read_text())["runs"] if out.exists() else []  # another process may have appended
+        doc = json.loads(out.read_text()) if out.exists() else {}  # another process may have appended
+        cur = doc.get("runs", [])
         seen = {json.dumps([r[k] for k in ("layer", "unit", "config", "noise", "budget", "seed")]) for r in cur}
         merged = cur + [r for r in results if json.dumps([r[k] for k in ("layer", "unit", "config", "noise", "budget", "seed")]) not in seen]
-        out.write_text(json.dumps({"script": "benchmarks/blackbox_vs_whitebox.py", "threads": 1, "cpus": os.cpu_count(),
-                                   "runs": merged, "table": table(merged)}, indent=1))
+        # the file's other blocks (a round's `summary`, `comparison`) stay: only the runs and their table are rewritten
+        doc.update({"script": "benchmarks/blackbox_vs_whitebox.py", "threads": 1, "cpus": os.cpu_count(),
+                    "runs": merged, "table": table(merged)})
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        tmp.replace(out)  # a run killed mid-write leaves the previous file whole
         return merged
 
     for other in filter(None, args.merge.split(",")):
