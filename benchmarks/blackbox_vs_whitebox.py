@@ -154,6 +154,8 @@ CONFIGS = {  # label -> overrides on top of the embedded default (cmaes on fouri
     "noisy-rep2": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=24", "optimizer.sigma0=0.5", "noise.repeats=2", "budget_counts=presentations"],
     "noisy-nf8-rep2": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=8", "optimizer.sigma0=0.5", "noise.repeats=2", "budget_counts=presentations"],
     "noisy-nf8-rep4": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=8", "optimizer.sigma0=0.5", "noise.repeats=4", "budget_counts=presentations"],
+    "noisy-nf8-pop10": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=8", "optimizer.sigma0=0.5", "batch_size=10"],
+    "noisy-nf10": ["optimizer=cmaes", "generator.gain=1.0", "generator.n_freq=10", "optimizer.sigma0=0.5"],
     "fdgd-rep4": ["optimizer=fdgd", "generator.n_freq=12", "generator.gain=1.0", "noise.repeats=4", "budget_counts=presentations"],
     "noisy-preset": ["experiment=noisy"],  # plugins/cma/conf/experiment/noisy.yaml (= noisy-nf8)
     # white-box references: Adam on the codes through the differentiable objective
